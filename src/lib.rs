@@ -1,0 +1,29 @@
+//! # dingbot
+//!
+//! A DingTalk (钉钉) group robot: group members @-mention it with `/info`, DingTalk POSTs a
+//! signed callback, dingbot verifies it, looks the group up through DingTalk's server API
+//! and answers in the chat with a markdown summary of the group.
+//!
+//! ## Layout
+//!
+//! - [`config`]: typed settings from a TOML file and `DINGBOT_*` variables, validated.
+//! - [`startup`]: builds the shared state and the HTTP server; owns background tasks.
+//! - [`http`]: routes (callback, health, readiness, metrics) and the status mapping.
+//! - [`dingtalk`]: DingTalk's wire formats: signature, callback body, replies, API client.
+//! - [`bot`]: command parsing and what each command answers.
+//! - [`render`]: reply templates (embedded defaults + admin overrides), markdown escaping.
+//! - [`ratelimit`]: per-group budget on governor's keyed limiter.
+//! - [`telemetry`]: logs and Prometheus metrics.
+//! - [`sandbox`]: a fake DingTalk for `demo`, tests and benchmarks.
+//! - [`demo`]: the scripted tour behind `dingbot demo`.
+
+pub mod bot;
+pub mod config;
+pub mod demo;
+pub mod dingtalk;
+pub mod http;
+pub mod ratelimit;
+pub mod render;
+pub mod sandbox;
+pub mod startup;
+pub mod telemetry;

@@ -1,0 +1,81 @@
+//! Command parsing: pure text in, [`Command`] out.
+//!
+//! DingTalk strips the robot's own @-mention but leaves the whitespace around it, and
+//! users may @-mention other people before the command. We trim, drop leading `@name`
+//! tokens, fold full-width slashes, and match the first word case-insensitively.
+
+/// What the user asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `/info`, `群信息`: summarise this group.
+    Info,
+    /// `/help`, `帮助`, or nothing after the mention.
+    Help,
+    /// Anything else; holds the first word (at most 32 characters) to quote back.
+    Unknown(String),
+}
+
+impl Command {
+    /// Stable name for metrics and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Info => "info",
+            Command::Help => "help",
+            Command::Unknown(_) => "unknown",
+        }
+    }
+}
+
+/// Longest word quoted back in the "unknown command" reply.
+const MAX_QUOTED: usize = 32;
+
+/// Parses the text of a message.
+pub fn parse(text: &str) -> Command {
+    let mut words = text
+        .split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|w| !w.is_empty())
+        .skip_while(|w| w.starts_with('@') || w.starts_with('＠'));
+    let Some(first) = words.next() else {
+        return Command::Help;
+    };
+    let word: String = first
+        .chars()
+        .map(|c| if c == '／' { '/' } else { c })
+        .flat_map(char::to_lowercase)
+        .collect();
+    match word.as_str() {
+        "/info" | "群信息" | "/群信息" => Command::Info,
+        "/help" | "帮助" | "/帮助" | "/?" | "?" | "？" => Command::Help,
+        _ => Command::Unknown(first.chars().take(MAX_QUOTED).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_forms() {
+        assert_eq!(parse(" /info"), Command::Info);
+        assert_eq!(parse("  /INFO  "), Command::Info);
+        assert_eq!(parse("群信息"), Command::Info);
+        assert_eq!(parse("@张三 @李四 /info please"), Command::Info);
+        assert_eq!(parse("／Info"), Command::Info);
+        assert_eq!(parse("/help"), Command::Help);
+        assert_eq!(parse("帮助"), Command::Help);
+        assert_eq!(parse(""), Command::Help);
+        assert_eq!(parse("   \n "), Command::Help);
+        assert_eq!(parse("@robot"), Command::Help);
+        assert_eq!(parse("hello DingTalk!"), Command::Unknown("hello".into()));
+        assert_eq!(
+            parse("/information"),
+            Command::Unknown("/information".into())
+        );
+    }
+
+    #[test]
+    fn unknown_word_is_truncated() {
+        let long = "x".repeat(100);
+        assert_eq!(parse(&long), Command::Unknown("x".repeat(32)));
+    }
+}

@@ -1,0 +1,347 @@
+//! `dingbot demo`: dingbot and the sandbox on 127.0.0.1, driven through a scripted
+//! conversation of real signed HTTP callbacks; prints what each group would see.
+//!
+//! Also home of [`SignedCallback`], the client side of the callback protocol, used by the
+//! demo, `dingbot simulate`, the tests and the benchmarks.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::config::{Language, Settings};
+use crate::dingtalk::signature::sign;
+use crate::http::callback::now_ms;
+use crate::sandbox::{Endpoint, Fault, Org, Sandbox, SentMessage};
+use crate::startup::Application;
+
+/// A callback as DingTalk would send it, ready to sign and POST.
+#[derive(Debug, Clone)]
+pub struct SignedCallback {
+    /// The JSON body.
+    pub body: serde_json::Value,
+}
+
+impl SignedCallback {
+    /// A group text message `text` from user `16650000698` in `conversation_id`.
+    pub fn group_text(
+        conversation_id: &str,
+        title: &str,
+        text: &str,
+        msg_id: &str,
+        webhook: &str,
+    ) -> SignedCallback {
+        let now = now_ms();
+        SignedCallback {
+            body: serde_json::json!({
+                "conversationId": conversation_id,
+                "atUsers": [{"dingtalkId": "$:LWCP_v1:$robot"}],
+                "chatbotUserId": "$:LWCP_v1:$robot",
+                "msgId": msg_id,
+                "senderNick": "小钉",
+                "isAdmin": false,
+                "senderStaffId": "16650000698",
+                "sessionWebhookExpiredTime": now + 5_400_000,
+                "createAt": now,
+                "conversationType": "2",
+                "senderId": "$:LWCP_v1:$sender",
+                "conversationTitle": title,
+                "isInAtList": true,
+                "sessionWebhook": webhook,
+                "text": {"content": format!(" {text}")},
+                "msgtype": "text",
+            }),
+        }
+    }
+
+    /// POSTs the callback signed with `secret` at the current time. Like DingTalk, every
+    /// callback gets its own timestamp (strictly increasing within this process), so
+    /// concurrent sends do not share a (timestamp, sign) pair.
+    pub async fn send(
+        &self,
+        http: &reqwest::Client,
+        url: &str,
+        secret: &str,
+    ) -> reqwest::Result<reqwest::Response> {
+        let ts = unique_timestamp().to_string();
+        let sign = sign(secret, &ts);
+        http.post(url)
+            .header("timestamp", ts)
+            .header("sign", sign)
+            .json(&self.body)
+            .send()
+            .await
+    }
+}
+
+/// The current time in ms, bumped past the last value this function returned.
+pub fn unique_timestamp() -> i64 {
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = now_ms();
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(last + 1);
+        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(actual) => last = actual,
+        }
+    }
+}
+
+/// Waits (bounded) until `session` has received `n` messages; returns what it got.
+pub async fn wait_for_session(
+    sandbox: &Sandbox,
+    session: &str,
+    n: usize,
+    timeout: Duration,
+) -> Vec<SentMessage> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = sandbox.messages_for(session);
+        if got.len() >= n || Instant::now() >= deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Settings that point dingbot at `sandbox` and listen on an ephemeral loopback port.
+pub fn sandbox_settings(
+    sandbox: &Sandbox,
+    org: &Org,
+    lang: Language,
+    per_minute: u32,
+) -> Result<Settings, crate::config::ConfigError> {
+    let toml = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+workers = 1
+shutdown_grace_secs = 5
+[dingtalk]
+app_key = "{key}"
+app_secret = "{secret}"
+oapi_base = "{base}"
+api_base = "{base}"
+request_timeout_ms = 2000
+[rate_limit]
+per_group_per_minute = {per_minute}
+[bot]
+language = "{lang}"
+[[groups]]
+chatid = "chatbound0001"
+open_conversation_id = "cidBound0001=="
+[[groups]]
+chatid = "chate39f540dxxxx"
+"#,
+        key = org.app_key,
+        secret = org.app_secret,
+        base = sandbox.base_url(),
+        lang = lang.code(),
+    );
+    Settings::from_toml_str(&toml)
+}
+
+/// Runs the scripted demo, printing to `out`.
+pub async fn run(lang: Language, out: &mut (impl Write + Send)) -> anyhow::Result<()> {
+    let org = Org::demo();
+    let secret = org.app_secret.clone();
+    let sandbox = Sandbox::start(org.clone())
+        .await
+        .context("starting the sandbox")?;
+    let per_minute = 5;
+    let settings = sandbox_settings(&sandbox, &org, lang, per_minute)?;
+    let app = Application::build(&settings)
+        .await
+        .context("starting dingbot")?;
+    let url = format!("http://127.0.0.1:{}/dingtalk/callback", app.port());
+    let stop = app.handle();
+    let server = tokio::spawn(app.run_until_stopped());
+    let http = reqwest::Client::new();
+
+    writeln!(
+        out,
+        "dingbot demo: dingbot on {url}, fake DingTalk on {}",
+        sandbox.base_url()
+    )?;
+    writeln!(
+        out,
+        "Every step below is a real signed HTTP callback; the replies are what the sandbox's sessionWebhook received.\n"
+    )?;
+
+    let mut step = 0;
+    let mut scene = async |title: &str,
+                           cid: &str,
+                           group: &str,
+                           text: &str,
+                           secret: &str,
+                           expect: usize|
+           -> anyhow::Result<()> {
+        step += 1;
+        let session = format!("demo-{step}");
+        let cb = SignedCallback::group_text(
+            cid,
+            group,
+            text,
+            &format!("msgDemo{step:04}"),
+            &sandbox.webhook_url(&session),
+        );
+        writeln!(out, "── {step}. {title}")?;
+        writeln!(out, "   [{group}] 小钉: @dingbot {text}")?;
+        let resp = cb.send(&http, &url, secret).await?;
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        writeln!(out, "   HTTP {status} {body}")?;
+        let got = wait_for_session(
+            &sandbox,
+            &session,
+            expect.max(1),
+            Duration::from_secs(if expect == 0 { 1 } else { 10 }),
+        )
+        .await;
+        print_replies(out, &got)?;
+        Ok(())
+    };
+
+    scene(
+        "/help in a group",
+        "cidBound0001==",
+        "研发部全员群",
+        "/help",
+        &secret,
+        1,
+    )
+    .await?;
+    scene(
+        "/info in a group with a configured chatid",
+        "cidBound0001==",
+        "研发部全员群",
+        "/info",
+        &secret,
+        1,
+    )
+    .await?;
+    scene(
+        "/info in a group whose openConversationId dingbot learned at startup",
+        "cidAsXSBLnA==",
+        "全员群",
+        "群信息",
+        &secret,
+        1,
+    )
+    .await?;
+    sandbox.inject(
+        Endpoint::ChatGet,
+        Fault::ErrCode {
+            errcode: 43007,
+            errmsg: "没有调用权限".into(),
+            sub_code: None,
+        },
+        1,
+    );
+    scene(
+        "/info while DingTalk denies chat/get (errcode 43007)",
+        "cidBound0001==",
+        "研发部全员群",
+        "/info",
+        &secret,
+        1,
+    )
+    .await?;
+    scene(
+        "/info in a group with no known chatid",
+        "cidPlain0001==",
+        "产品讨论组",
+        "/info",
+        &secret,
+        1,
+    )
+    .await?;
+    scene(
+        "a forged signature (wrong secret)",
+        "cidBound0001==",
+        "研发部全员群",
+        "/info",
+        "not-the-secret",
+        0,
+    )
+    .await?;
+
+    // A burst from one group: the budget holds, one notice, then silence.
+    step += 1;
+    let burst = per_minute as usize + 3;
+    let session = format!("demo-{step}");
+    writeln!(
+        out,
+        "── {step}. a burst of {burst} concurrent /help in another group (limit: {per_minute} per minute)"
+    )?;
+    let sends = (0..burst).map(|i| {
+        let cb = SignedCallback::group_text(
+            "cidScene0001==",
+            "项目群·发布",
+            "/help",
+            &format!("msgBurst{i:04}"),
+            &sandbox.webhook_url(&session),
+        );
+        let (http, url, secret) = (http.clone(), url.clone(), secret.clone());
+        async move {
+            cb.send(&http, &url, &secret)
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    });
+    let statuses = futures_util::future::join_all(sends).await;
+    let ok = statuses.iter().filter(|s| matches!(s, Ok(200))).count();
+    writeln!(out, "   {ok}/{burst} callbacks answered HTTP 200")?;
+    let got = wait_for_session(
+        &sandbox,
+        &session,
+        per_minute as usize + 1,
+        Duration::from_secs(10),
+    )
+    .await;
+    let notices = got
+        .iter()
+        .filter(|m| m.text().contains("秒后再试") || m.text().contains("try again in"))
+        .count();
+    writeln!(
+        out,
+        "   the group received {} replies: {} answers and {} slow-down notice; the other {} stayed silent",
+        got.len(),
+        got.len() - notices,
+        notices,
+        burst.saturating_sub(got.len())
+    )?;
+    if let Some(notice) = got
+        .iter()
+        .find(|m| m.text().contains("秒后再试") || m.text().contains("try again in"))
+    {
+        print_replies(out, std::slice::from_ref(notice))?;
+    }
+
+    writeln!(
+        out,
+        "\nDingTalk API calls: gettoken {}, chat/get {}, convertToOpenConversationId {}",
+        sandbox.calls(Endpoint::GetToken),
+        sandbox.calls(Endpoint::ChatGet),
+        sandbox.calls(Endpoint::ConvertToOpenConversationId)
+    )?;
+    stop.stop(true).await;
+    server.await.context("joining the server")??;
+    Ok(())
+}
+
+fn print_replies(out: &mut impl Write, got: &[SentMessage]) -> std::io::Result<()> {
+    if got.is_empty() {
+        return writeln!(out, "   (nothing was posted to the group)\n");
+    }
+    for m in got {
+        let mention = m.at_user_ids().join(", ");
+        writeln!(out, "   dingbot replied (@{mention}):")?;
+        for line in m.text().lines() {
+            writeln!(out, "   │ {line}")?;
+        }
+    }
+    writeln!(out)
+}

@@ -1,0 +1,433 @@
+//! The DingTalk server-API client: access token, `chat/get`, chatid conversion, and
+//! posting replies to a sessionWebhook.
+//!
+//! One pooled `reqwest::Client` serves every call. Every call has a timeout; retryable
+//! failures ([`ApiError::is_transient`]) are retried with exponential backoff and jitter
+//! inside an overall deadline; a refused access token is dropped and the call retried once
+//! with a fresh one. Tokens are fetched one at a time and reused until shortly before
+//! they expire. URLs (which carry the token) never appear in errors or logs.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use url::Url;
+
+use super::error::ApiError;
+use crate::telemetry;
+
+/// How hard to try before giving up on one logical call.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts in total (first try included).
+    pub attempts: u32,
+    /// Pause before the first retry; doubles each time, with ±50 % jitter.
+    pub base_delay: Duration,
+    /// Give up when the next attempt would start after this much time in total.
+    pub deadline: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 4,
+            base_delay: Duration::from_millis(200),
+            deadline: Duration::from_secs(8),
+        }
+    }
+}
+
+/// `chat_info` of a `chat/get` answer (protocol doc §5.2).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ChatInfo {
+    /// Group name.
+    pub name: String,
+    /// Owner's userid.
+    pub owner: String,
+    /// Member userids (the count is its length).
+    pub useridlist: Vec<String>,
+    /// 0 normal, 1 everyone muted (全员禁言).
+    pub chat_banned_type: Option<i64>,
+    /// 0/1: the group can be found by search.
+    pub searchable: Option<i64>,
+    /// 0/1: joining needs approval.
+    pub validation_type: Option<i64>,
+    /// 0 everyone, 1 only owner/admins may @all.
+    pub mention_all_authority: Option<i64>,
+    /// 0 everyone, 1 only owner/admins manage the group.
+    pub management_type: Option<i64>,
+    /// 0/1: new members see the history.
+    pub show_history_type: Option<i64>,
+    /// 1 normal, 2 dissolved.
+    pub status: Option<i64>,
+}
+
+/// A cached access token.
+#[derive(Debug, Clone)]
+struct Token {
+    value: Arc<str>,
+    refresh_at: Instant,
+}
+
+/// Talks to DingTalk's legacy (oapi) and new (api) hosts.
+pub struct DingTalkClient {
+    /// Pooled HTTP client shared by every call.
+    http: reqwest::Client,
+    /// `oapi_base` from the config, without trailing slash.
+    oapi: String,
+    /// `api_base` from the config, without trailing slash.
+    api: String,
+    /// AppKey for `gettoken`.
+    app_key: String,
+    /// AppSecret for `gettoken`.
+    app_secret: SecretString,
+    /// The current token, if any.
+    token: RwLock<Option<Token>>,
+    /// Held while fetching a token so that only one fetch runs at a time.
+    refresh: tokio::sync::Mutex<()>,
+    /// Retry behaviour for API calls.
+    retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for DingTalkClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DingTalkClient")
+            .field("oapi", &self.oapi)
+            .field("api", &self.api)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds the shared outbound HTTP client.
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(3)))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        .user_agent(concat!("dingbot/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+impl DingTalkClient {
+    /// A client for the given hosts and credentials.
+    pub fn new(
+        http: reqwest::Client,
+        oapi_base: &str,
+        api_base: &str,
+        app_key: &str,
+        app_secret: SecretString,
+        retry: RetryPolicy,
+    ) -> DingTalkClient {
+        DingTalkClient {
+            http,
+            oapi: oapi_base.trim_end_matches('/').to_string(),
+            api: api_base.trim_end_matches('/').to_string(),
+            app_key: app_key.to_string(),
+            app_secret,
+            token: RwLock::new(None),
+            refresh: tokio::sync::Mutex::new(()),
+            retry,
+        }
+    }
+
+    /// The shared HTTP client (replies go through the same pool).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// A valid access token: the cached one, or a fresh one (one fetch at a time).
+    pub async fn access_token(&self) -> Result<Arc<str>, ApiError> {
+        if let Some(t) = self.cached_token() {
+            return Ok(t);
+        }
+        let _guard = self.refresh.lock().await;
+        if let Some(t) = self.cached_token() {
+            return Ok(t);
+        }
+        let token = self.with_retries("gettoken", || self.fetch_token()).await?;
+        Ok(token)
+    }
+
+    fn cached_token(&self) -> Option<Arc<str>> {
+        let guard = self.token.read().unwrap_or_else(|e| e.into_inner());
+        guard
+            .as_ref()
+            .filter(|t| Instant::now() < t.refresh_at)
+            .map(|t| t.value.clone())
+    }
+
+    /// Forgets `bad` if it is still the cached token.
+    fn invalidate(&self, bad: &str) {
+        let mut guard = self.token.write().unwrap_or_else(|e| e.into_inner());
+        if guard.as_ref().is_some_and(|t| &*t.value == bad) {
+            *guard = None;
+        }
+    }
+
+    async fn fetch_token(&self) -> Result<Arc<str>, ApiError> {
+        #[derive(Deserialize)]
+        struct TokenAnswer {
+            access_token: String,
+            #[serde(default)]
+            expires_in: i64,
+        }
+        let url = format!("{}/gettoken", self.oapi);
+        let req = self.http.get(url).query(&[
+            ("appkey", self.app_key.as_str()),
+            ("appsecret", self.app_secret.expose_secret()),
+        ]);
+        let answer: TokenAnswer = self.send_oapi("gettoken", req).await?;
+        if answer.access_token.is_empty() {
+            return Err(ApiError::BadBody {
+                endpoint: "gettoken",
+                status: 200,
+            });
+        }
+        let lifetime = Duration::from_secs(answer.expires_in.clamp(60, 86_400) as u64);
+        // Refresh a little early: 5 minutes, or a tenth of short lifetimes.
+        let margin = Duration::from_secs(300).min(lifetime / 10);
+        let value: Arc<str> = Arc::from(answer.access_token);
+        *self.token.write().unwrap_or_else(|e| e.into_inner()) = Some(Token {
+            value: value.clone(),
+            refresh_at: Instant::now() + lifetime - margin,
+        });
+        telemetry::token_refreshed();
+        Ok(value)
+    }
+
+    /// `GET {oapi}/chat/get?access_token=…&chatid=…`
+    pub async fn chat_get(&self, chatid: &str) -> Result<ChatInfo, ApiError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            #[serde(default)]
+            chat_info: ChatInfo,
+        }
+        let answer: Answer = self
+            .with_token("chat/get", |token| {
+                let url = format!("{}/chat/get", self.oapi);
+                let req = self
+                    .http
+                    .get(url)
+                    .query(&[("access_token", token), ("chatid", chatid)]);
+                self.send_oapi("chat/get", req)
+            })
+            .await?;
+        Ok(answer.chat_info)
+    }
+
+    /// `POST {api}/v1.0/im/chat/{chatid}/convertToOpenConversationId`
+    pub async fn convert_to_open_conversation_id(&self, chatid: &str) -> Result<String, ApiError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Answer {
+            open_conversation_id: String,
+        }
+        let mut url = Url::parse(&self.api).map_err(|_| ApiError::Transport {
+            endpoint: "convertToOpenConversationId",
+            detail: "api_base is not a URL".into(),
+            timeout: false,
+        })?;
+        url.path_segments_mut()
+            .map_err(|_| ApiError::Transport {
+                endpoint: "convertToOpenConversationId",
+                detail: "api_base cannot take a path".into(),
+                timeout: false,
+            })?
+            .extend(["v1.0", "im", "chat", chatid, "convertToOpenConversationId"]);
+        let answer: Answer = self
+            .with_token("convertToOpenConversationId", |token| {
+                let req = self
+                    .http
+                    .post(url.clone())
+                    .header("x-acs-dingtalk-access-token", token)
+                    .json(&serde_json::json!({}));
+                self.send_api("convertToOpenConversationId", req)
+            })
+            .await?;
+        Ok(answer.open_conversation_id)
+    }
+
+    /// POSTs a reply to a sessionWebhook (already checked against the allow-list).
+    /// Retries transient failures within the policy; returns the last error otherwise.
+    pub async fn send_to_webhook(
+        &self,
+        webhook: &Url,
+        message: &serde_json::Value,
+    ) -> Result<(), ApiError> {
+        #[derive(Deserialize)]
+        struct Ack {}
+        self.with_retries("sendBySession", || async {
+            let req = self.http.post(webhook.clone()).json(message);
+            self.send_oapi::<Ack>("sendBySession", req)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// Runs `call` with a token; on an invalid-token answer drops it and tries once more.
+    async fn with_token<T, F, Fut>(&self, endpoint: &'static str, call: F) -> Result<T, ApiError>
+    where
+        F: Fn(&str) -> Fut,
+        Fut: Future<Output = Result<T, ApiError>>,
+    {
+        let token = self.access_token().await?;
+        match self.with_retries(endpoint, || call(&token)).await {
+            Err(e) if e.is_invalid_token() => {
+                tracing::warn!(endpoint, "access token refused; fetching a new one");
+                self.invalidate(&token);
+                let token = self.access_token().await?;
+                self.with_retries(endpoint, || call(&token)).await
+            }
+            other => other,
+        }
+    }
+
+    /// Retries transient failures with exponential backoff and jitter inside the deadline.
+    async fn with_retries<T, F, Fut>(&self, endpoint: &'static str, call: F) -> Result<T, ApiError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, ApiError>>,
+    {
+        let started = Instant::now();
+        let mut delay = self.retry.base_delay;
+        let mut attempt = 1;
+        loop {
+            let err = match call().await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let jittered = delay.mul_f64(rand::rng().random_range(0.5..1.5));
+            let out_of_time = started.elapsed() + jittered >= self.retry.deadline;
+            if !err.is_transient() || attempt >= self.retry.attempts || out_of_time {
+                return Err(err);
+            }
+            tracing::debug!(endpoint, attempt, error = %err, "retrying DingTalk call");
+            telemetry::api_retry(endpoint);
+            tokio::time::sleep(jittered).await;
+            delay = delay.saturating_mul(2);
+            attempt += 1;
+        }
+    }
+
+    /// Sends a legacy-host request: HTTP 200 with `errcode` 0 is success.
+    async fn send_oapi<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, ApiError> {
+        let started = Instant::now();
+        let result = self.send_oapi_inner(endpoint, req).await;
+        telemetry::api_call(endpoint, &result, started.elapsed());
+        result
+    }
+
+    async fn send_oapi_inner<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, ApiError> {
+        let (status, body) = send(endpoint, req).await?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|_| ApiError::BadBody { endpoint, status })?;
+        let errcode = value.get("errcode").and_then(|v| v.as_i64()).unwrap_or(0);
+        if errcode != 0 {
+            let text = |k: &str| {
+                value.get(k).and_then(|v| match v {
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    serde_json::Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                })
+            };
+            return Err(ApiError::DingTalk {
+                endpoint,
+                errcode,
+                errmsg: text("errmsg").unwrap_or_default(),
+                sub_code: text("sub_code"),
+            });
+        }
+        if !(200..300).contains(&status) {
+            return Err(ApiError::BadBody { endpoint, status });
+        }
+        serde_json::from_value(value).map_err(|_| ApiError::BadBody { endpoint, status })
+    }
+
+    /// Sends a new-host request: 2xx with a JSON body is success, 4xx/5xx carries `code`.
+    async fn send_api<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, ApiError> {
+        let started = Instant::now();
+        let result = self.send_api_inner(endpoint, req).await;
+        telemetry::api_call(endpoint, &result, started.elapsed());
+        result
+    }
+
+    async fn send_api_inner<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, ApiError> {
+        let (status, body) = send(endpoint, req).await?;
+        if (200..300).contains(&status) {
+            return serde_json::from_slice(&body)
+                .map_err(|_| ApiError::BadBody { endpoint, status });
+        }
+        #[derive(Deserialize, Default)]
+        #[serde(default, rename_all = "camelCase")]
+        struct Failure {
+            code: String,
+            message: String,
+            #[serde(rename = "accessdenieddetail")]
+            access_denied_detail: Option<Denied>,
+        }
+        #[derive(Deserialize, Default)]
+        #[serde(default, rename_all = "camelCase")]
+        struct Denied {
+            required_scopes: Vec<String>,
+        }
+        match serde_json::from_slice::<Failure>(&body) {
+            Ok(f) => Err(ApiError::Http {
+                endpoint,
+                status,
+                code: f.code,
+                message: f.message,
+                required_scopes: f
+                    .access_denied_detail
+                    .map(|d| d.required_scopes)
+                    .unwrap_or_default(),
+            }),
+            Err(_) if status >= 500 => Err(ApiError::BadBody { endpoint, status }),
+            Err(_) => Err(ApiError::Http {
+                endpoint,
+                status,
+                code: String::new(),
+                message: String::new(),
+                required_scopes: Vec::new(),
+            }),
+        }
+    }
+}
+
+/// Sends and reads the whole body; transport errors lose their URL (it may hold a token).
+async fn send(
+    endpoint: &'static str,
+    req: reqwest::RequestBuilder,
+) -> Result<(u16, bytes::Bytes), ApiError> {
+    let transport = |e: reqwest::Error| ApiError::Transport {
+        endpoint,
+        timeout: e.is_timeout(),
+        detail: e.without_url().to_string(),
+    };
+    let resp = req.send().await.map_err(transport)?;
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await.map_err(transport)?;
+    Ok((status, body))
+}

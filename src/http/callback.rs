@@ -1,0 +1,266 @@
+//! `POST {callback_path}`: verify, parse, dedupe, limit, answer 200 at once, reply later.
+//!
+//! Order matters and is an invariant: the signature headers are checked before the body
+//! is read; nothing is recorded (dedupe, replay, rate-limit budget) for a request that is
+//! refused; the reply is sent by a tracked background task so the HTTP answer is prompt and
+//! graceful shutdown can wait for it.
+
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
+use url::Url;
+
+use super::error::Rejection;
+use crate::dingtalk::outbound::markdown_message;
+use crate::dingtalk::{Callback, RobotMessage};
+use crate::ratelimit::Decision;
+use crate::render::{Rendered, Template};
+use crate::startup::AppState;
+use crate::telemetry::{self, Outcome};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The handler.
+pub async fn callback(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let request_id = state.next_request_id();
+    let span = tracing::info_span!("callback", request_id);
+    let result = handle(&req, payload, &state).instrument(span.clone()).await;
+    match result {
+        Ok((response, outcome)) => {
+            telemetry::callback(outcome);
+            response
+        }
+        Err(rejection) => {
+            telemetry::callback(rejection.outcome());
+            span.in_scope(|| {
+                tracing::warn!(
+                    status = rejection.status().as_u16(),
+                    reason = %rejection,
+                    "callback refused"
+                )
+            });
+            rejection.response()
+        }
+    }
+}
+
+/// A single header's raw bytes; `None` when absent or repeated.
+fn single_header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a [u8]> {
+    let mut values = req.headers().get_all(name);
+    let first = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    Some(first.as_bytes())
+}
+
+async fn handle(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    state: &AppState,
+) -> Result<(HttpResponse, Outcome), Rejection> {
+    let permit = state
+        .in_flight
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Rejection::Overloaded)?;
+
+    // 1. Signature, from headers only.
+    let now = now_ms();
+    let timestamp = single_header(req, "timestamp");
+    let sign = single_header(req, "sign");
+    let verified = state
+        .verifier
+        .verify(timestamp, sign, now)
+        .map_err(Rejection::Signature)?;
+    telemetry::clock_skew(verified.skew_ms);
+
+    // 2. Body: declared size, media type, then read with a hard cap.
+    let limit = state.body_limit;
+    if let Some(len) = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limit as u64
+    {
+        return Err(Rejection::TooLarge(limit));
+    }
+    if let Some(ct) = req.headers().get("content-type") {
+        let essence = ct
+            .to_str()
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim();
+        if !essence.eq_ignore_ascii_case("application/json") {
+            return Err(Rejection::UnsupportedMediaType);
+        }
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| Rejection::BadJson("body could not be read".into()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(Rejection::TooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+
+    // 3. Parse and validate.
+    let message: RobotMessage = serde_json::from_slice(&body).map_err(|e| {
+        Rejection::BadJson(match e.classify() {
+            serde_json::error::Category::Io | serde_json::error::Category::Eof => {
+                "truncated JSON".to_string()
+            }
+            serde_json::error::Category::Syntax => format!("invalid JSON at column {}", e.column()),
+            serde_json::error::Category::Data => {
+                // serde's message names the field and expected type, never the value's text.
+                let msg = e.to_string();
+                msg.split(" at line")
+                    .next()
+                    .unwrap_or("wrong type")
+                    .to_string()
+            }
+        })
+    })?;
+    let cb = message.validate().map_err(Rejection::Invalid)?;
+    let webhook = state
+        .webhooks
+        .check(&cb.session_webhook, cb.session_webhook_expired_time, now)
+        .map_err(Rejection::Webhook)?;
+
+    // 4. Replay defence: a (timestamp, sign) pair carries at most N distinct messages.
+    let fingerprint = state.hasher.hash_one((&cb.msg_id, &body[..]));
+    let replay_key = (
+        verified.timestamp_ms,
+        sign.map(<[u8]>::to_vec).unwrap_or_default(),
+    );
+    let seen = state
+        .replay
+        .get_with(replay_key, || Arc::new(std::sync::Mutex::new(Vec::new())));
+    {
+        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+        if !seen.contains(&fingerprint) {
+            if seen.len() >= state.max_messages_per_signature {
+                return Err(Rejection::Replayed);
+            }
+            seen.push(fingerprint);
+        }
+    }
+
+    // 5. Dedupe by msgId.
+    let first_time = state
+        .dedupe
+        .entry(Arc::<str>::from(cb.msg_id.as_str()))
+        .or_insert(())
+        .is_fresh();
+    if !first_time {
+        tracing::info!("duplicate msgId; already handled");
+        return Ok((
+            HttpResponse::Ok().json(serde_json::json!({"status": "duplicate"})),
+            Outcome::Duplicate,
+        ));
+    }
+
+    // 6. Per-group budget.
+    match state.limiter.check(&cb.conversation_id) {
+        Decision::Allow => {
+            spawn_reply(state, cb, webhook, permit, Reply::Command);
+            Ok((
+                HttpResponse::Ok().json(serde_json::json!({})),
+                Outcome::Accepted,
+            ))
+        }
+        Decision::Limit {
+            notify,
+            retry_after_secs,
+        } => {
+            tracing::info!(notify, retry_after_secs, "group over its budget");
+            if notify {
+                spawn_reply(
+                    state,
+                    cb,
+                    webhook,
+                    permit,
+                    Reply::SlowDown(retry_after_secs),
+                );
+            }
+            Ok((
+                HttpResponse::Ok().json(serde_json::json!({"status": "rate_limited"})),
+                Outcome::RateLimited,
+            ))
+        }
+    }
+}
+
+/// What the background task sends.
+enum Reply {
+    /// Answer the command.
+    Command,
+    /// Tell the group to slow down.
+    SlowDown(u64),
+}
+
+fn spawn_reply(
+    state: &AppState,
+    cb: Callback,
+    webhook: Url,
+    permit: OwnedSemaphorePermit,
+    reply: Reply,
+) {
+    let bot = state.bot.clone();
+    let client = state.client.clone();
+    let inline_mention = state.inline_mention;
+    let task = async move {
+        let rendered: Rendered = match reply {
+            Reply::Command => bot.respond(&cb).await,
+            Reply::SlowDown(secs) => {
+                #[derive(serde::Serialize)]
+                struct SlowView {
+                    retry_after_secs: u64,
+                }
+                bot.renderer().render(
+                    Template::SlowDown,
+                    &SlowView {
+                        retry_after_secs: secs,
+                    },
+                )
+            }
+        };
+        let mention = cb.sender_staff_id.as_deref();
+        let text = match (inline_mention, mention) {
+            (true, Some(id)) => format!("{}\n\n@{id}", rendered.text),
+            _ => rendered.text,
+        };
+        let message = markdown_message(&rendered.title, &text, mention);
+        match client.send_to_webhook(&webhook, &message).await {
+            Ok(()) => {
+                telemetry::reply("sent");
+                tracing::debug!("reply sent");
+            }
+            Err(e) => {
+                telemetry::reply("failed");
+                tracing::warn!(error = %e, "reply could not be delivered");
+            }
+        }
+        drop(permit);
+    }
+    .instrument(tracing::Span::current());
+    state.tasks.spawn_on(task, &state.runtime);
+}

@@ -1,0 +1,93 @@
+//! Every way an HTTP request to dingbot is refused, mapped to a status in one place.
+//!
+//! Bodies are terse JSON (`{"error": code, "message": text}`); messages never contain a
+//! secret, a token or the request body.
+
+use actix_web::HttpResponse;
+use actix_web::http::StatusCode;
+
+use crate::dingtalk::{SignatureError, WebhookRefusal, inbound::InvalidCallback};
+use crate::telemetry::Outcome;
+
+/// A refused callback.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    /// Signature headers missing, malformed or wrong.
+    #[error("{0}")]
+    Signature(SignatureError),
+    /// A (timestamp, sign) pair already used with a different message.
+    #[error("this signature was already used for another message")]
+    Replayed,
+    /// Body larger than `server.body_limit_bytes`.
+    #[error("body larger than {0} bytes")]
+    TooLarge(usize),
+    /// Content-Type is not JSON.
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    /// Body not readable as the JSON we expect.
+    #[error("body is not a valid callback: {0}")]
+    BadJson(String),
+    /// Body is JSON but misses what we need.
+    #[error("{0}")]
+    Invalid(InvalidCallback),
+    /// sessionWebhook not usable.
+    #[error("{0}")]
+    Webhook(WebhookRefusal),
+    /// Too many callbacks in flight.
+    #[error("too many callbacks in flight; try again")]
+    Overloaded,
+}
+
+impl Rejection {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Rejection::Signature(_) | Rejection::Replayed => StatusCode::UNAUTHORIZED,
+            Rejection::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Rejection::BadJson(_) | Rejection::Invalid(_) | Rejection::Webhook(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Rejection::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The machine-readable `error` field.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::Signature(SignatureError::Stale { .. }) => "stale_timestamp",
+            Rejection::Signature(_) => "bad_signature",
+            Rejection::Replayed => "replayed",
+            Rejection::TooLarge(_) => "too_large",
+            Rejection::UnsupportedMediaType => "unsupported_media_type",
+            Rejection::BadJson(_) => "bad_json",
+            Rejection::Invalid(_) => "invalid_callback",
+            Rejection::Webhook(_) => "webhook_refused",
+            Rejection::Overloaded => "overloaded",
+        }
+    }
+
+    /// The metrics outcome.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Rejection::Signature(SignatureError::Stale { .. }) => Outcome::StaleTimestamp,
+            Rejection::Signature(_) => Outcome::BadSignature,
+            Rejection::Replayed => Outcome::Replayed,
+            Rejection::TooLarge(_) => Outcome::TooLarge,
+            Rejection::UnsupportedMediaType | Rejection::BadJson(_) | Rejection::Invalid(_) => {
+                Outcome::BadRequest
+            }
+            Rejection::Webhook(_) => Outcome::WebhookRefused,
+            Rejection::Overloaded => Outcome::Shed,
+        }
+    }
+
+    /// The response.
+    pub fn response(&self) -> HttpResponse {
+        let mut builder = HttpResponse::build(self.status());
+        if matches!(self, Rejection::Overloaded) {
+            builder.insert_header(("Retry-After", "1"));
+        }
+        builder.json(serde_json::json!({ "error": self.code(), "message": self.to_string() }))
+    }
+}

@@ -1,0 +1,41 @@
+//! HTTP surface: the callback route, health, readiness and metrics. The only module that
+//! sees actix-web request types.
+
+pub mod callback;
+pub mod error;
+
+use actix_web::{HttpResponse, web};
+
+use crate::startup::AppState;
+
+/// Registers every route on an actix `App`.
+pub fn routes(callback_path: &str) -> impl FnOnce(&mut web::ServiceConfig) + '_ {
+    move |cfg: &mut web::ServiceConfig| {
+        cfg.route(callback_path, web::post().to(callback::callback))
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(metrics));
+    }
+}
+
+/// Liveness: the process answers.
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+/// Readiness: configuration loaded and an access token can be had (cached).
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    match state.readiness().await {
+        Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
+        Err(reason) => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": "not_ready", "reason": reason})),
+    }
+}
+
+/// Prometheus text format.
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    crate::telemetry::tracked_groups(state.limiter.tracked_groups());
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(crate::telemetry::render_metrics())
+}

@@ -1,0 +1,296 @@
+//! Builds the running service from [`Settings`]: shared state, the bound HTTP server and
+//! its background tasks. Tests call [`Application::build`] with port 0.
+
+use std::hash::RandomState;
+use std::net::TcpListener;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{App, HttpServer, web};
+use tokio::runtime::Handle;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+use crate::bot::{Bot, GroupDirectory};
+use crate::config::{Settings, parse_base_url};
+use crate::dingtalk::client::http_client;
+use crate::dingtalk::{DingTalkClient, RetryPolicy, Verifier, WebhookPolicy};
+use crate::ratelimit::GroupLimiter;
+use crate::render::Renderer;
+
+/// Upper bound on remembered msgIds (about 100 bytes each).
+const DEDUPE_CAPACITY: u64 = 1_000_000;
+/// How long a failed readiness check is reused before trying DingTalk again.
+const READINESS_RETRY: Duration = Duration::from_secs(10);
+
+/// State shared by every request.
+pub struct AppState {
+    /// Checks callback signatures.
+    pub verifier: Verifier,
+    /// Where replies may go.
+    pub webhooks: WebhookPolicy,
+    /// msgIds already handled, for the signature window.
+    pub dedupe: moka::sync::Cache<Arc<str>, ()>,
+    /// (timestamp, sign) → fingerprints of the messages it carried.
+    pub replay: moka::sync::Cache<(i64, Vec<u8>), Arc<std::sync::Mutex<Vec<u64>>>>,
+    /// `dingtalk.max_messages_per_signature`.
+    pub max_messages_per_signature: usize,
+    /// Keyed hasher for fingerprints (random per process).
+    pub hasher: RandomState,
+    /// Per-group budget.
+    pub limiter: Arc<GroupLimiter>,
+    /// Decides replies.
+    pub bot: Arc<Bot>,
+    /// DingTalk API client (replies go through its pool).
+    pub client: Arc<DingTalkClient>,
+    /// Reply tasks, awaited at shutdown.
+    pub tasks: TaskTracker,
+    /// Runtime the reply tasks run on (outlives the HTTP workers).
+    pub runtime: Handle,
+    /// Callbacks in flight (request + reply); beyond it requests get 503.
+    pub in_flight: Arc<Semaphore>,
+    /// `server.body_limit_bytes`.
+    pub body_limit: usize,
+    /// `bot.inline_mention`.
+    pub inline_mention: bool,
+    /// Last failed readiness check, reused for a while so probes do not hammer DingTalk.
+    readiness_failure: std::sync::Mutex<Option<(Instant, String)>>,
+    /// Source of request ids for logs.
+    request_ids: AtomicU64,
+}
+
+impl AppState {
+    /// A new request id.
+    pub fn next_request_id(&self) -> u64 {
+        self.request_ids.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Ok when an access token can be had; the reason otherwise.
+    pub async fn readiness(&self) -> Result<(), String> {
+        if let Some((at, reason)) = self
+            .readiness_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            && at.elapsed() < READINESS_RETRY
+        {
+            return Err(reason.clone());
+        }
+        match self.client.access_token().await {
+            Ok(_) => {
+                *self
+                    .readiness_failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = None;
+                Ok(())
+            }
+            Err(e) => {
+                let reason = format!("cannot get a DingTalk access token: {e}");
+                *self
+                    .readiness_failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), reason.clone()));
+                Err(reason)
+            }
+        }
+    }
+}
+
+/// A failure to start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A template override does not compile.
+    #[error(transparent)]
+    Template(#[from] crate::render::TemplateError),
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTP client cannot be built (TLS roots).
+    #[error("cannot build the HTTP client: {0}")]
+    Http(String),
+}
+
+/// The running service.
+pub struct Application {
+    /// The bound port (useful with port 0).
+    port: u16,
+    /// The actix server future.
+    server: Server,
+    /// Shared state (tests inspect it).
+    state: web::Data<AppState>,
+    /// Grace period for replies after the server stops.
+    grace: Duration,
+    /// Stops the eviction timer.
+    background: tokio::task::JoinHandle<()>,
+}
+
+impl Application {
+    /// Binds `server.listen` and builds everything.
+    pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
+        let addr = settings.listen_addr()?;
+        let listener = TcpListener::bind(addr).map_err(|source| StartupError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
+        Self::build_with_listener(settings, listener).await
+    }
+
+    /// Builds on an already bound listener.
+    pub async fn build_with_listener(
+        settings: &Settings,
+        listener: TcpListener,
+    ) -> Result<Application, StartupError> {
+        let dt = &settings.dingtalk;
+        let timeout = Duration::from_millis(dt.request_timeout_ms);
+        let http = http_client(timeout).map_err(|e| StartupError::Http(e.to_string()))?;
+        let client = Arc::new(DingTalkClient::new(
+            http,
+            &dt.oapi_base,
+            &dt.api_base,
+            &dt.app_key,
+            dt.app_secret.clone(),
+            RetryPolicy {
+                deadline: timeout.mul_f64(1.6),
+                ..RetryPolicy::default()
+            },
+        ));
+        let oapi = parse_base_url(&dt.oapi_base).map_err(|problem| crate::config::ConfigError {
+            key: "dingtalk.oapi_base".into(),
+            problem,
+            source_name: "configuration".into(),
+        })?;
+        let extra: Vec<url::Url> = dt
+            .extra_webhook_hosts
+            .iter()
+            .filter_map(|h| parse_base_url(h).ok())
+            .collect();
+        let renderer = Renderer::new(settings.bot.language, settings.bot.templates_dir.as_deref())?;
+        let groups = Arc::new(GroupDirectory::new(&settings.groups));
+        let bot = Arc::new(Bot::new(
+            client.clone(),
+            renderer,
+            groups.clone(),
+            timeout.mul_f64(2.0),
+        ));
+        let window = Duration::from_secs(dt.max_clock_skew_secs);
+        let per_minute =
+            NonZeroU32::new(settings.rate_limit.per_group_per_minute).unwrap_or(NonZeroU32::MIN);
+        let limiter = Arc::new(GroupLimiter::new(per_minute));
+        let state = web::Data::new(AppState {
+            verifier: Verifier::new(&dt.app_secret, dt.max_clock_skew_secs),
+            webhooks: WebhookPolicy::new(&oapi, extra.iter()),
+            // A msgId or a (timestamp, sign) pair is only valid inside the clock window
+            // (on either side of now), so remembering it for twice the window is enough.
+            dedupe: moka::sync::Cache::builder()
+                .max_capacity(DEDUPE_CAPACITY)
+                .time_to_live(window * 2)
+                .build(),
+            replay: moka::sync::Cache::builder()
+                .max_capacity(DEDUPE_CAPACITY)
+                .time_to_live(window * 2)
+                .build(),
+            max_messages_per_signature: dt.max_messages_per_signature,
+            hasher: RandomState::new(),
+            limiter: limiter.clone(),
+            bot,
+            client: client.clone(),
+            tasks: TaskTracker::new(),
+            runtime: Handle::current(),
+            in_flight: Arc::new(Semaphore::new(settings.server.max_in_flight)),
+            body_limit: settings.server.body_limit_bytes,
+            inline_mention: settings.bot.inline_mention,
+            readiness_failure: std::sync::Mutex::new(None),
+            request_ids: AtomicU64::new(0),
+        });
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind {
+                addr: settings.server.listen.clone(),
+                source,
+            })?
+            .port();
+        let callback_path = settings.server.callback_path.clone();
+        let grace = Duration::from_secs(settings.server.shutdown_grace_secs);
+        let app_state = state.clone();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(app_state.clone())
+                .configure(crate::http::routes(&callback_path))
+        })
+        .shutdown_timeout(grace.as_secs())
+        .listen(listener)
+        .map_err(|source| StartupError::Bind {
+            addr: settings.server.listen.clone(),
+            source,
+        })?;
+        if settings.server.workers > 0 {
+            server = server.workers(settings.server.workers);
+        }
+        let server = server.run();
+
+        // Learn openConversationIds of [[groups]] without one; evict idle groups.
+        let background = tokio::spawn(async move {
+            groups.resolve_pending(&client).await;
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tick.tick().await;
+                limiter.evict_idle();
+                crate::telemetry::tracked_groups(limiter.tracked_groups());
+            }
+        });
+        tracing::info!(port, "dingbot listening");
+        Ok(Application {
+            port,
+            server,
+            state,
+            grace,
+            background,
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A handle that stops the server gracefully (tests; signals are handled by actix).
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Shared state.
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until SIGTERM/SIGINT (or [`Application::handle`] stop), then waits up to
+    /// the grace period for replies still being sent.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let started = self.server.await;
+        tracing::info!("no longer accepting callbacks; finishing replies");
+        self.state.tasks.close();
+        if tokio::time::timeout(self.grace, self.state.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                pending = self.state.tasks.len(),
+                "grace period over with replies still pending"
+            );
+        }
+        self.background.abort();
+        tracing::info!("stopped");
+        started
+    }
+}

@@ -1,0 +1,159 @@
+//! Logs and metrics: one place that names every metric and sets up `tracing`.
+//!
+//! Metrics are recorded through the `metrics` facade into a process-wide Prometheus
+//! recorder installed on first use; `/metrics` renders it. Labels are small fixed sets
+//! (outcome, command, endpoint, code): never a group id, user id or token.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::config::LogFormat;
+use crate::dingtalk::ApiError;
+
+static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The process's Prometheus recorder, installed on first call. `None` when another
+/// recorder was installed first (metrics then go there).
+pub fn prometheus() -> Option<&'static PrometheusHandle> {
+    PROMETHEUS
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("dingbot_api_latency_seconds".into()),
+                    &[
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    ],
+                )
+                .ok()?
+                .install_recorder()
+                .ok()
+        })
+        .as_ref()
+}
+
+/// Renders every metric in Prometheus text format.
+pub fn render_metrics() -> String {
+    match prometheus() {
+        Some(h) => {
+            h.run_upkeep();
+            h.render()
+        }
+        None => String::new(),
+    }
+}
+
+/// How a callback ended, as counted by `dingbot_callbacks_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Verified, parsed and handed to the bot.
+    Accepted,
+    /// Missing/malformed/mismatching signature.
+    BadSignature,
+    /// Timestamp outside the window.
+    StaleTimestamp,
+    /// (timestamp, sign) pair reused with another body.
+    Replayed,
+    /// Body unreadable or invalid.
+    BadRequest,
+    /// Body over the limit.
+    TooLarge,
+    /// sessionWebhook missing, expired or on a host not allowed.
+    WebhookRefused,
+    /// Same msgId seen before.
+    Duplicate,
+    /// Group over its per-minute budget.
+    RateLimited,
+    /// Too many callbacks in flight.
+    Shed,
+}
+
+impl Outcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::BadSignature => "bad_signature",
+            Outcome::StaleTimestamp => "stale_timestamp",
+            Outcome::Replayed => "replayed",
+            Outcome::BadRequest => "bad_request",
+            Outcome::TooLarge => "too_large",
+            Outcome::WebhookRefused => "webhook_refused",
+            Outcome::Duplicate => "duplicate",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::Shed => "shed",
+        }
+    }
+}
+
+/// Counts a callback outcome.
+pub fn callback(outcome: Outcome) {
+    counter!("dingbot_callbacks_total", "outcome" => outcome.as_str()).increment(1);
+}
+
+/// Counts a command.
+pub fn command(name: &'static str) {
+    counter!("dingbot_commands_total", "command" => name).increment(1);
+}
+
+/// Counts a DingTalk API call and records its latency.
+pub fn api_call<T>(endpoint: &'static str, result: &Result<T, ApiError>, elapsed: Duration) {
+    let code = match result {
+        Ok(_) => "0".to_string(),
+        Err(e) => e.metric_code(),
+    };
+    counter!("dingbot_api_calls_total", "endpoint" => endpoint, "code" => code).increment(1);
+    histogram!("dingbot_api_latency_seconds", "endpoint" => endpoint).record(elapsed.as_secs_f64());
+}
+
+/// Counts a retry of a DingTalk call.
+pub fn api_retry(endpoint: &'static str) {
+    counter!("dingbot_api_retries_total", "endpoint" => endpoint).increment(1);
+}
+
+/// Counts an access-token fetch.
+pub fn token_refreshed() {
+    counter!("dingbot_token_refreshes_total").increment(1);
+}
+
+/// Counts a cache lookup.
+pub fn cache(cache: &'static str, hit: bool) {
+    let result = if hit { "hit" } else { "miss" };
+    counter!("dingbot_cache_total", "cache" => cache, "result" => result).increment(1);
+}
+
+/// Counts a reply by result: `sent`, `failed`, `throttled`.
+pub fn reply(result: &'static str) {
+    counter!("dingbot_replies_total", "result" => result).increment(1);
+}
+
+/// Sets the number of groups the rate limiter tracks.
+pub fn tracked_groups(n: usize) {
+    gauge!("dingbot_tracked_groups").set(n as f64);
+}
+
+/// Records how far a verified caller's clock is from ours.
+pub fn clock_skew(skew_ms: i64) {
+    gauge!("dingbot_clock_skew_seconds").set(skew_ms as f64 / 1000.0);
+}
+
+/// Sets up `tracing`: `RUST_LOG`-style filter (default `info`), human or JSON lines.
+pub fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,actix_server=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    let result = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stdout().is_terminal())
+            .try_init(),
+    };
+    // A second init (tests, demo after serve) keeps the first subscriber.
+    let _ = result;
+}
