@@ -211,7 +211,8 @@ NGX="$TMP/nginx"
 mkdir -p "$NGX"
 if command -v nginx >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1; then
   openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=bot.example.com" \
-    -keyout "$NGX/test.key" -out "$NGX/test.crt" >/dev/null 2>&1
+    -keyout "$NGX/test.key" -out "$NGX/test.crt" >/dev/null 2>&1 ||
+    fail "openssl could not generate the self-signed test certificate"
   # Same file, only the certificate and log paths pointed into the temp dir.
   sed -E \
     -e "s#^([[:space:]]*ssl_certificate)[[:space:]]+/etc/ssl/[^;]+;#\1 $NGX/test.crt;#" \
@@ -397,7 +398,7 @@ PY
 CADDY="$TMP/caddy"
 mkdir -p "$CADDY/xdg"
 if command -v caddy >/dev/null 2>&1; then
-  cv="$(caddy version 2>/dev/null | awk '{print $1}')"
+  cv="$(caddy version 2>/dev/null | awk '{print $1}' || true)"
   rc=0
   (cd "$CADDY" && XDG_DATA_HOME="$CADDY/xdg" XDG_CONFIG_HOME="$CADDY/xdg" HOME="$CADDY" \
     timeout 60 caddy validate --adapter caddyfile --config "$DEPLOY/caddy/Caddyfile") >"$CADDY/validate.out" 2>&1 || rc=$?

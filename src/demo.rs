@@ -345,3 +345,27 @@ fn print_replies(out: &mut impl Write, got: &[SentMessage]) -> std::io::Result<(
     }
     writeln!(out)
 }
+
+/// `dingbot sandbox`: serves the fake DingTalk until Ctrl-C or SIGTERM.
+pub async fn run_sandbox(listen: &str, groups: usize, workers: usize) -> anyhow::Result<bool> {
+    let listener = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("binding {listen}"))?;
+    let org = Org::with_generated_groups(groups);
+    println!(
+        "sandbox on http://{} (app_key {}, {} groups); Ctrl-C stops it",
+        listener.local_addr()?,
+        org.app_key,
+        org.groups.len()
+    );
+    let sandbox = crate::sandbox::Sandbox::start_with_workers(org, listener, workers.max(1))
+        .await
+        .context("starting the sandbox")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        _ = sandbox.stopped() => {}
+    }
+    sandbox.shutdown().await;
+    Ok(true)
+}

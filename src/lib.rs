@@ -15,8 +15,10 @@
 //! - [`ratelimit`]: per-group budget on governor's keyed limiter.
 //! - [`telemetry`]: logs and Prometheus metrics.
 //! - [`sandbox`]: a fake DingTalk for `demo`, tests and benchmarks.
-//! - [`demo`]: the scripted tour behind `dingbot demo`.
+//! - [`demo`]: the scripted tour behind `dingbot demo`, and the signed-callback client.
+//! - [`admin`]: `dingbot check` and `dingbot simulate`.
 
+pub mod admin;
 pub mod bot;
 pub mod config;
 pub mod demo;

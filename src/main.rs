@@ -29,6 +29,66 @@ enum Command {
         #[arg(long, default_value = "zh", value_parser = ["zh", "en"])]
         lang: String,
     },
+    /// Check a configuration against DingTalk: token, every group, every permission.
+    Check {
+        /// TOML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Send one correctly signed callback to a running dingbot and print the reply.
+    Simulate {
+        /// dingbot's callback URL, e.g. https://bot.example.com/dingtalk/callback
+        #[arg(long)]
+        url: String,
+        /// The app secret dingbot verifies with (or set DINGBOT_DINGTALK__APP_SECRET).
+        #[arg(long, env = "DINGBOT_DINGTALK__APP_SECRET", hide_env_values = true)]
+        secret: String,
+        /// conversationId (openConversationId) the message comes from.
+        #[arg(long, default_value = "cidBound0001==")]
+        group: String,
+        /// Message text.
+        #[arg(long, default_value = "/info")]
+        text: String,
+        /// Send this sessionWebhook instead of starting a local reply sink.
+        #[arg(long)]
+        webhook: Option<String>,
+        /// Address of the local reply sink.
+        #[arg(long, default_value = "127.0.0.1:9701")]
+        sink_listen: String,
+        /// Seconds to wait for the reply.
+        #[arg(long, default_value_t = 10)]
+        wait_secs: u64,
+    },
+    /// Run only the fake DingTalk (for benchmarks and manual testing).
+    Sandbox {
+        /// Address to listen on (loopback).
+        #[arg(long, default_value = "127.0.0.1:9700")]
+        listen: String,
+        /// Extra generated groups cidGen{i}== / chatgen{i} besides the demo org.
+        #[arg(long, default_value_t = 0)]
+        groups: usize,
+        /// HTTP worker threads.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+    },
+}
+
+fn load(config: Option<&std::path::Path>) -> Result<Settings, ExitCode> {
+    Settings::load(config).map_err(|e| {
+        eprintln!("dingbot: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn verdict(result: anyhow::Result<bool>) -> ExitCode {
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("dingbot: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 #[tokio::main]
@@ -36,12 +96,9 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => {
-            let settings = match Settings::load(config.as_deref()) {
+            let settings = match load(config.as_deref()) {
                 Ok(s) => s,
-                Err(e) => {
-                    eprintln!("dingbot: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             dingbot::telemetry::init_logging(settings.log.format);
             dingbot::telemetry::prometheus();
@@ -75,5 +132,37 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Check { config } => {
+            let settings = match load(config.as_deref()) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            verdict(dingbot::admin::check(&settings, &mut std::io::stdout()).await)
+        }
+        Command::Simulate {
+            url,
+            secret,
+            group,
+            text,
+            webhook,
+            sink_listen,
+            wait_secs,
+        } => {
+            let opts = dingbot::admin::SimulateOptions {
+                url,
+                secret,
+                group,
+                text,
+                webhook,
+                sink_listen,
+                wait: std::time::Duration::from_secs(wait_secs),
+            };
+            verdict(dingbot::admin::simulate(&opts, &mut std::io::stdout()).await)
+        }
+        Command::Sandbox {
+            listen,
+            groups,
+            workers,
+        } => verdict(dingbot::demo::run_sandbox(&listen, groups, workers).await),
     }
 }

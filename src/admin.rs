@@ -1,0 +1,224 @@
+//! Operator commands: `dingbot check` (is this deployment able to work?) and
+//! `dingbot simulate` (send one correctly signed callback to a running dingbot).
+//!
+//! Both print for people and return whether everything passed; `main` turns that into the
+//! exit code. Neither prints a secret or a token.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::bot::{ErrorView, GroupDirectory};
+use crate::config::{Settings, parse_base_url};
+use crate::demo::SignedCallback;
+use crate::dingtalk::client::http_client;
+use crate::dingtalk::{ApiError, DingTalkClient, RetryPolicy};
+use crate::render::Renderer;
+use crate::sandbox::{Org, Sandbox};
+
+/// The fix an admin should apply for an API failure.
+fn fix_for(e: &ApiError) -> &'static str {
+    match ErrorView::from_api(e).kind {
+        "no_permission" => {
+            "grant the app the qyapi_chat_read permission in the developer console and publish it"
+        }
+        "bad_chatid" => {
+            "the chatid is wrong or the group was not created by this app through the server API"
+        }
+        "missing_chatid" => "fill in the chatid of this [[groups]] entry",
+        "bad_token" | "token_failed" => {
+            "check dingtalk.app_key / DINGBOT_DINGTALK__APP_SECRET and the app's IP allow-list"
+        }
+        "corp_missing" => "the app_key does not belong to an existing organisation",
+        "busy" => "DingTalk is busy or throttling; try again in a minute",
+        "slow" | "unavailable" => {
+            "DingTalk cannot be reached: check DNS, the egress firewall/proxy, and dingtalk.oapi_base"
+        }
+        _ => "see the error code in DingTalk's error-code list",
+    }
+}
+
+/// `dingbot check`: validates `settings` against the real (or configured) DingTalk.
+/// Returns `true` when every item passed.
+pub async fn check(settings: &Settings, out: &mut impl Write) -> anyhow::Result<bool> {
+    let dt = &settings.dingtalk;
+    let mut ok = true;
+    writeln!(out, "dingbot check")?;
+    writeln!(
+        out,
+        "  ok    configuration: app_key {}, callback path {}, listen {}",
+        dt.app_key, settings.server.callback_path, settings.server.listen
+    )?;
+    match Renderer::new(settings.bot.language, settings.bot.templates_dir.as_deref()) {
+        Ok(_) => writeln!(out, "  ok    templates ({})", settings.bot.language.code())?,
+        Err(e) => {
+            ok = false;
+            writeln!(out, "  FAIL  templates: {e}\n        fix: correct the template file")?;
+        }
+    }
+    let mut origins = vec![dt.oapi_base.clone()];
+    origins.extend(dt.extra_webhook_hosts.iter().cloned());
+    writeln!(out, "  ok    replies may go to: {}", origins.join(", "))?;
+    if parse_base_url(&dt.oapi_base).is_err() {
+        ok = false;
+    }
+    let timeout = Duration::from_millis(dt.request_timeout_ms);
+    let http = http_client(timeout).context("building the HTTP client")?;
+    let client = DingTalkClient::new(
+        http,
+        &dt.oapi_base,
+        &dt.api_base,
+        &dt.app_key,
+        dt.app_secret.clone(),
+        RetryPolicy {
+            attempts: 2,
+            deadline: timeout * 2,
+            ..RetryPolicy::default()
+        },
+    );
+    match client.access_token().await {
+        Ok(_) => writeln!(out, "  ok    access token from {}/gettoken", dt.oapi_base)?,
+        Err(e) => {
+            writeln!(out, "  FAIL  access token: {e}\n        fix: {}", fix_for(&e))?;
+            writeln!(out, "verdict: FAIL (no token, group checks skipped)")?;
+            return Ok(false);
+        }
+    }
+    let groups = GroupDirectory::new(&settings.groups);
+    for (chatid, result) in groups.resolve_pending(&client).await {
+        match result {
+            Ok(cid) => writeln!(out, "  ok    group {chatid}: openConversationId {cid}")?,
+            Err(e) => {
+                ok = false;
+                writeln!(
+                    out,
+                    "  FAIL  group {chatid}: cannot learn its openConversationId: {e}\n        fix: {}",
+                    fix_for(&e)
+                )?;
+            }
+        }
+    }
+    if settings.groups.is_empty() {
+        writeln!(
+            out,
+            "  note  no [[groups]] configured: /info will explain how to add a group's chatid"
+        )?;
+    }
+    for g in &settings.groups {
+        match client.chat_get(&g.chatid).await {
+            Ok(chat) => writeln!(
+                out,
+                "  ok    group {}: chat/get → {:?}, {} members",
+                g.chatid,
+                chat.name,
+                chat.useridlist.len()
+            )?,
+            Err(e) => {
+                ok = false;
+                writeln!(
+                    out,
+                    "  FAIL  group {}: chat/get: {e}\n        fix: {}",
+                    g.chatid,
+                    fix_for(&e)
+                )?;
+            }
+        }
+    }
+    writeln!(out, "verdict: {}", if ok { "OK" } else { "FAIL" })?;
+    Ok(ok)
+}
+
+/// Options of `dingbot simulate`.
+#[derive(Debug, Clone)]
+pub struct SimulateOptions {
+    /// The running dingbot's callback URL.
+    pub url: String,
+    /// The app secret it verifies with.
+    pub secret: String,
+    /// conversationId to send from.
+    pub group: String,
+    /// Message text.
+    pub text: String,
+    /// Use this sessionWebhook instead of starting a local sink.
+    pub webhook: Option<String>,
+    /// Where the local sink listens (its origin must be in dingbot's allowed webhook hosts).
+    pub sink_listen: String,
+    /// How long to wait for the reply.
+    pub wait: Duration,
+}
+
+/// `dingbot simulate`: sends one signed callback and prints the reply the sink received.
+/// Returns `true` when dingbot answered 200 and (with a local sink) a reply arrived.
+pub async fn simulate(opts: &SimulateOptions, out: &mut impl Write) -> anyhow::Result<bool> {
+    let sink = match &opts.webhook {
+        Some(_) => None,
+        None => {
+            let listener = TcpListener::bind(&opts.sink_listen)
+                .with_context(|| format!("binding the reply sink on {}", opts.sink_listen))?;
+            let sink = Sandbox::start_on(Org::new("simulate", "simulate"), listener)
+                .await
+                .context("starting the reply sink")?;
+            writeln!(
+                out,
+                "reply sink listening on {} (dingbot must allow it: dingtalk.extra_webhook_hosts = [\"{}\"])",
+                sink.base_url(),
+                sink.base_url()
+            )?;
+            Some(sink)
+        }
+    };
+    let session = format!("simulate-{}", uuid::Uuid::new_v4().simple());
+    let webhook = match (&opts.webhook, &sink) {
+        (Some(w), _) => w.clone(),
+        (None, Some(s)) => s.webhook_url(&session),
+        (None, None) => unreachable!("a sink exists when no webhook is given"),
+    };
+    let cb = SignedCallback::group_text(
+        &opts.group,
+        "dingbot simulate",
+        &opts.text,
+        &format!("msgSimulate{}", uuid::Uuid::new_v4().simple()),
+        &webhook,
+    );
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .context("building the HTTP client")?;
+    writeln!(out, "POST {} ({:?} from group {})", opts.url, opts.text, opts.group)?;
+    let resp = cb
+        .send(&http, &opts.url, &opts.secret)
+        .await
+        .map_err(|e| anyhow::anyhow!("dingbot did not answer: {}", e.without_url()))?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    writeln!(out, "dingbot answered HTTP {status} {body}")?;
+    if !status.is_success() {
+        return Ok(false);
+    }
+    let Some(sink) = sink else {
+        writeln!(out, "the reply went to {webhook}")?;
+        return Ok(true);
+    };
+    let got = sink
+        .wait_for_session_messages(&session, 1, opts.wait)
+        .await;
+    match got.first() {
+        Some(m) => {
+            writeln!(out, "reply received:")?;
+            for line in m.text().lines() {
+                writeln!(out, "  │ {line}")?;
+            }
+            Ok(true)
+        }
+        None => {
+            writeln!(
+                out,
+                "no reply within {} s: is the sink's origin in dingtalk.extra_webhook_hosts? see dingbot's log",
+                opts.wait.as_secs()
+            )?;
+            Ok(false)
+        }
+    }
+}
