@@ -55,7 +55,10 @@ pub async fn check(settings: &Settings, out: &mut impl Write) -> anyhow::Result<
         Ok(_) => writeln!(out, "  ok    templates ({})", settings.bot.language.code())?,
         Err(e) => {
             ok = false;
-            writeln!(out, "  FAIL  templates: {e}\n        fix: correct the template file")?;
+            writeln!(
+                out,
+                "  FAIL  templates: {e}\n        fix: correct the template file"
+            )?;
         }
     }
     let mut origins = vec![dt.oapi_base.clone()];
@@ -81,7 +84,11 @@ pub async fn check(settings: &Settings, out: &mut impl Write) -> anyhow::Result<
     match client.access_token().await {
         Ok(_) => writeln!(out, "  ok    access token from {}/gettoken", dt.oapi_base)?,
         Err(e) => {
-            writeln!(out, "  FAIL  access token: {e}\n        fix: {}", fix_for(&e))?;
+            writeln!(
+                out,
+                "  FAIL  access token: {e}\n        fix: {}",
+                fix_for(&e)
+            )?;
             writeln!(out, "verdict: FAIL (no token, group checks skipped)")?;
             return Ok(false);
         }
@@ -186,7 +193,11 @@ pub async fn simulate(opts: &SimulateOptions, out: &mut impl Write) -> anyhow::R
         .timeout(Duration::from_secs(10))
         .build()
         .context("building the HTTP client")?;
-    writeln!(out, "POST {} ({:?} from group {})", opts.url, opts.text, opts.group)?;
+    writeln!(
+        out,
+        "POST {} ({:?} from group {})",
+        opts.url, opts.text, opts.group
+    )?;
     let resp = cb
         .send(&http, &opts.url, &opts.secret)
         .await
@@ -201,9 +212,7 @@ pub async fn simulate(opts: &SimulateOptions, out: &mut impl Write) -> anyhow::R
         writeln!(out, "the reply went to {webhook}")?;
         return Ok(true);
     };
-    let got = sink
-        .wait_for_session_messages(&session, 1, opts.wait)
-        .await;
+    let got = sink.wait_for_session_messages(&session, 1, opts.wait).await;
     match got.first() {
         Some(m) => {
             writeln!(out, "reply received:")?;

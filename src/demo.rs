@@ -348,8 +348,8 @@ fn print_replies(out: &mut impl Write, got: &[SentMessage]) -> std::io::Result<(
 
 /// `dingbot sandbox`: serves the fake DingTalk until Ctrl-C or SIGTERM.
 pub async fn run_sandbox(listen: &str, groups: usize, workers: usize) -> anyhow::Result<bool> {
-    let listener = std::net::TcpListener::bind(listen)
-        .with_context(|| format!("binding {listen}"))?;
+    let listener =
+        std::net::TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
     let org = Org::with_generated_groups(groups);
     println!(
         "sandbox on http://{} (app_key {}, {} groups); Ctrl-C stops it",

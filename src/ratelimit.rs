@@ -4,7 +4,9 @@
 //! A group may send `per_group_per_minute` commands at once, then one more every
 //! `60 / per_group_per_minute` seconds. Other groups are unaffected. [`GroupLimiter::evict_idle`]
 //! (run on a timer by `startup`) forgets groups whose budget is full again, so memory
-//! follows the number of recently active groups, not of all groups ever seen.
+//! follows the number of recently active groups, not of all groups ever seen. When DingTalk
+//! answers a reply with errcode 130101 ("send too fast"), [`GroupLimiter::throttle`] silences
+//! that group for DingTalk's documented 10-minute penalty.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -40,6 +42,8 @@ pub struct GroupLimiter {
     notices: DashMap<Arc<str>, Instant>,
     /// Clock of `limiter`, to compute wait times.
     clock: DefaultClock,
+    /// Groups DingTalk throttled (errcode 130101), silenced until the given instant.
+    throttled: DashMap<Arc<str>, Instant>,
 }
 
 impl std::fmt::Debug for GroupLimiter {
@@ -57,11 +61,23 @@ impl GroupLimiter {
             limiter: DefaultKeyedRateLimiter::dashmap(Quota::per_minute(per_minute)),
             notices: DashMap::new(),
             clock: DefaultClock::default(),
+            throttled: DashMap::new(),
         }
     }
 
     /// Takes one unit of `group`'s budget, or says how long to wait.
     pub fn check(&self, group: &str) -> Decision {
+        if let Some(until) = self.throttled.get(group).map(|u| *u) {
+            let now = Instant::now();
+            if until > now {
+                let left = until - now;
+                return Decision::Limit {
+                    notify: false,
+                    retry_after_secs: left.as_secs().max(1),
+                };
+            }
+            self.throttled.remove(group);
+        }
         let key: Arc<str> = Arc::from(group);
         match self.limiter.check_key(&key) {
             Ok(()) => Decision::Allow,
@@ -90,8 +106,16 @@ impl GroupLimiter {
         }
     }
 
+    /// Silences `group` for `period` because DingTalk refused to deliver to it (130101).
+    pub fn throttle(&self, group: &str, period: Duration) {
+        self.throttled
+            .insert(Arc::from(group), Instant::now() + period);
+    }
+
     /// Forgets groups that are back to a full budget and notices older than the window.
     pub fn evict_idle(&self) {
+        let now = Instant::now();
+        self.throttled.retain(|_, until| *until > now);
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
         self.notices
@@ -132,5 +156,18 @@ mod tests {
         // Another group has its own budget.
         assert_eq!(l.check("b"), Decision::Allow);
         assert_eq!(l.tracked_groups(), 2);
+    }
+
+    #[test]
+    fn throttled_group_is_silent_until_the_period_ends() {
+        let l = GroupLimiter::new(NonZeroU32::new(10).unwrap());
+        l.throttle("a", Duration::from_secs(600));
+        assert!(matches!(
+            l.check("a"),
+            Decision::Limit { notify: false, retry_after_secs } if retry_after_secs > 590
+        ));
+        assert_eq!(l.check("b"), Decision::Allow);
+        l.throttle("b", Duration::ZERO);
+        assert_eq!(l.check("b"), Decision::Allow);
     }
 }

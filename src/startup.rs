@@ -26,6 +26,9 @@ const DEDUPE_CAPACITY: u64 = 1_000_000;
 /// How long a failed readiness check is reused before trying DingTalk again.
 const READINESS_RETRY: Duration = Duration::from_secs(10);
 
+/// (timestamp ms, sign bytes) → fingerprints of the messages that pair carried.
+pub type ReplayCache = moka::sync::Cache<(i64, Vec<u8>), Arc<std::sync::Mutex<Vec<u64>>>>;
+
 /// State shared by every request.
 pub struct AppState {
     /// Checks callback signatures.
@@ -35,7 +38,7 @@ pub struct AppState {
     /// msgIds already handled, for the signature window.
     pub dedupe: moka::sync::Cache<Arc<str>, ()>,
     /// (timestamp, sign) → fingerprints of the messages it carried.
-    pub replay: moka::sync::Cache<(i64, Vec<u8>), Arc<std::sync::Mutex<Vec<u64>>>>,
+    pub replay: ReplayCache,
     /// `dingtalk.max_messages_per_signature`.
     pub max_messages_per_signature: usize,
     /// Keyed hasher for fingerprints (random per process).

@@ -78,4 +78,26 @@ mod tests {
         let long = "x".repeat(100);
         assert_eq!(parse(&long), Command::Unknown("x".repeat(32)));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn info_survives_mentions_whitespace_and_case(
+            mentions in proptest::collection::vec("@[a-zA-Z0-9_\u{4e00}-\u{9fa5}]{1,8}", 0..4),
+            pad in "[ \t\n]{0,4}",
+            upper in proptest::bool::ANY,
+            tail in "( [a-z]{1,6}){0,2}",
+        ) {
+            let cmd = if upper { "/INFO" } else { "/info" };
+            let text = format!("{pad}{} {cmd}{tail}{pad}", mentions.join(" "));
+            proptest::prop_assert_eq!(parse(&text), Command::Info);
+        }
+
+        #[test]
+        fn any_text_parses_without_panicking(text in ".{0,200}") {
+            if let Command::Unknown(word) = parse(&text) {
+                proptest::prop_assert!(word.chars().count() <= MAX_QUOTED);
+                proptest::prop_assert!(!word.is_empty());
+            }
+        }
+    }
 }

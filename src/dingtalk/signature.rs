@@ -210,4 +210,33 @@ mod tests {
             Err(SignatureError::Stale { .. })
         ));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn sign_then_verify_round_trips(secret in ".{1,64}", skew in -3_600_000i64..=3_600_000) {
+            let now = 1_700_000_000_000i64;
+            let ts = (now - skew).to_string();
+            let v = Verifier::new(&SecretString::from(secret.clone()), 3600);
+            let s = sign(&secret, &ts);
+            proptest::prop_assert!(v.verify(Some(ts.as_bytes()), Some(s.as_bytes()), now).is_ok());
+        }
+
+        #[test]
+        fn any_other_secret_or_timestamp_fails(secret in "[a-z]{8,32}", other in "[A-Z]{8,32}", delta in 1i64..1000) {
+            let now = 1_700_000_000_000i64;
+            let ts = now.to_string();
+            let v = Verifier::new(&SecretString::from(secret.clone()), 3600);
+            let wrong_key = sign(&other, &ts);
+            proptest::prop_assert_eq!(v.verify(Some(ts.as_bytes()), Some(wrong_key.as_bytes()), now), Err(SignatureError::Mismatch));
+            let other_ts = (now - delta).to_string();
+            let for_other_ts = sign(&secret, &other_ts);
+            proptest::prop_assert_eq!(v.verify(Some(ts.as_bytes()), Some(for_other_ts.as_bytes()), now), Err(SignatureError::Mismatch));
+        }
+
+        #[test]
+        fn arbitrary_headers_never_panic(ts in proptest::collection::vec(proptest::num::u8::ANY, 0..40), sg in proptest::collection::vec(proptest::num::u8::ANY, 0..80)) {
+            let v = Verifier::new(&SecretString::from("k"), 3600);
+            let _ = v.verify(Some(&ts), Some(&sg), 1_700_000_000_000);
+        }
+    }
 }

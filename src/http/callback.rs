@@ -17,7 +17,7 @@ use url::Url;
 
 use super::error::Rejection;
 use crate::dingtalk::outbound::markdown_message;
-use crate::dingtalk::{Callback, RobotMessage};
+use crate::dingtalk::{ApiError, Callback, RobotMessage};
 use crate::ratelimit::Decision;
 use crate::render::{Rendered, Template};
 use crate::startup::AppState;
@@ -209,6 +209,11 @@ async fn handle(
     }
 }
 
+/// DingTalk's "send too fast, exceed 20 times per minute" errcode.
+const SEND_TOO_FAST: i64 = 130101;
+/// How long DingTalk throttles a robot after 130101 (protocol doc §3.5).
+const SEND_TOO_FAST_PENALTY: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// What the background task sends.
 enum Reply {
     /// Answer the command.
@@ -226,6 +231,7 @@ fn spawn_reply(
 ) {
     let bot = state.bot.clone();
     let client = state.client.clone();
+    let limiter = state.limiter.clone();
     let inline_mention = state.inline_mention;
     let task = async move {
         let rendered: Rendered = match reply {
@@ -255,8 +261,20 @@ fn spawn_reply(
                 tracing::debug!("reply sent");
             }
             Err(e) => {
-                telemetry::reply("failed");
-                tracing::warn!(error = %e, "reply could not be delivered");
+                if let ApiError::DingTalk {
+                    errcode: SEND_TOO_FAST,
+                    ..
+                } = e
+                {
+                    telemetry::reply("throttled");
+                    limiter.throttle(&cb.conversation_id, SEND_TOO_FAST_PENALTY);
+                    tracing::warn!(
+                        "DingTalk throttled this group's replies (130101); silent for 10 minutes"
+                    );
+                } else {
+                    telemetry::reply("failed");
+                    tracing::warn!(error = %e, "reply could not be delivered");
+                }
             }
         }
         drop(permit);
