@@ -97,6 +97,8 @@ pub struct BotSettings {
     pub templates_dir: Option<PathBuf>,
     /// Also write `@<userid>` into the reply text (besides `at.atUserIds`).
     pub inline_mention: bool,
+    /// Seconds a group's info is reused before asking DingTalk again; 0 disables caching.
+    pub info_cache_ttl_secs: u64,
 }
 
 /// `[log]`
@@ -168,7 +170,7 @@ fn defaults() -> serde_json::Value {
             "max_messages_per_signature": 1,
         },
         "rate_limit": { "per_group_per_minute": 20 },
-        "bot": { "language": "zh", "inline_mention": false },
+        "bot": { "language": "zh", "inline_mention": false, "info_cache_ttl_secs": 60 },
         "log": { "format": "text" },
     })
 }
@@ -337,6 +339,12 @@ impl Settings {
                 "rate_limit.per_group_per_minute",
                 "must be between 1 and 10000 (DingTalk throttles a robot above 20 messages a minute)"
                     .into(),
+            );
+        }
+        if self.bot.info_cache_ttl_secs > 24 * 3600 {
+            return err(
+                "bot.info_cache_ttl_secs",
+                "must be at most 86400 (0 disables the cache)".into(),
             );
         }
         if let Some(dir) = &self.bot.templates_dir

@@ -129,6 +129,8 @@ request_timeout_ms = 2000
 per_group_per_minute = {per_minute}
 [bot]
 language = "{lang}"
+# No group-info cache: every /info reaches the sandbox, so injected faults show at once.
+info_cache_ttl_secs = 0
 [[groups]]
 chatid = "chatbound0001"
 open_conversation_id = "cidBound0001=="

@@ -185,6 +185,7 @@ impl Application {
             renderer,
             groups.clone(),
             timeout.mul_f64(2.0),
+            Duration::from_secs(settings.bot.info_cache_ttl_secs),
         ));
         let window = Duration::from_secs(dt.max_clock_skew_secs);
         let per_minute =

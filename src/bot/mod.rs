@@ -28,6 +28,8 @@ pub struct Bot {
     groups: Arc<GroupDirectory>,
     /// Longest time `/info` may spend on DingTalk before answering "slow".
     lookup_deadline: Duration,
+    /// chatid → group info, shared by concurrent lookups (single flight); None = disabled.
+    info_cache: Option<moka::future::Cache<String, Arc<ChatInfo>>>,
 }
 
 impl std::fmt::Debug for Bot {
@@ -145,18 +147,46 @@ impl ErrorView {
 
 impl Bot {
     /// A bot answering with `renderer`, looking groups up through `client`.
+    /// `info_ttl` of zero disables the group-info cache.
     pub fn new(
         client: Arc<DingTalkClient>,
         renderer: Renderer,
         groups: Arc<GroupDirectory>,
         lookup_deadline: Duration,
+        info_ttl: Duration,
     ) -> Bot {
+        let info_cache = (!info_ttl.is_zero()).then(|| {
+            moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(info_ttl)
+                .build()
+        });
         Bot {
             client,
             renderer,
             groups,
             lookup_deadline,
+            info_cache,
         }
+    }
+
+    /// Group info for `chatid`: from the cache, or one `chat/get` shared by every
+    /// concurrent caller. Failures are not cached.
+    async fn chat_info(&self, chatid: &str) -> Result<Arc<ChatInfo>, ApiError> {
+        let Some(cache) = &self.info_cache else {
+            return self.client.chat_get(chatid).await.map(Arc::new);
+        };
+        if let Some(hit) = cache.get(chatid).await {
+            telemetry::cache("group_info", true);
+            return Ok(hit);
+        }
+        telemetry::cache("group_info", false);
+        cache
+            .try_get_with_by_ref(chatid, async {
+                self.client.chat_get(chatid).await.map(Arc::new)
+            })
+            .await
+            .map_err(|e| (*e).clone())
     }
 
     /// The renderer (the HTTP layer renders the slow-down notice with it).
@@ -214,7 +244,7 @@ impl Bot {
                 },
             );
         };
-        let lookup = tokio::time::timeout(self.lookup_deadline, self.client.chat_get(&chatid));
+        let lookup = tokio::time::timeout(self.lookup_deadline, self.chat_info(&chatid));
         match lookup.await {
             Ok(Ok(chat)) => self
                 .renderer
