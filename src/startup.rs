@@ -233,6 +233,9 @@ impl Application {
                 .configure(crate::http::routes(&callback_path))
         })
         .shutdown_timeout(grace.as_secs())
+        // dingbot handles SIGTERM/SIGINT itself so that one grace period covers both the
+        // open requests and the replies still being sent (see `run_until`).
+        .disable_signals()
         .listen(listener)
         .map_err(|source| StartupError::Bind {
             addr: settings.server.listen.clone(),
@@ -278,13 +281,37 @@ impl Application {
         self.state.clone()
     }
 
-    /// Serves until SIGTERM/SIGINT (or [`Application::handle`] stop), then waits up to
-    /// the grace period for replies still being sent.
+    /// Serves until SIGTERM/SIGINT (or a stop through [`Application::handle`]), then
+    /// finishes open requests and replies within one grace period.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let started = self.server.await;
-        tracing::info!("no longer accepting callbacks; finishing replies");
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `shutdown` completes (or the server is stopped through its handle).
+    /// From that moment one grace period bounds everything: open HTTP requests first, then
+    /// the reply tasks; whatever is still running at the deadline is abandoned and logged.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let mut server = tokio::spawn(self.server);
+        let (deadline, result) = tokio::select! {
+            joined = &mut server => (tokio::time::Instant::now() + self.grace, joined),
+            () = shutdown => {
+                let deadline = tokio::time::Instant::now() + self.grace;
+                tracing::info!("shutdown requested: no longer accepting callbacks; finishing replies");
+                let graceful = handle.stop(true);
+                tokio::spawn(graceful);
+                match tokio::time::timeout_at(deadline, &mut server).await {
+                    Ok(joined) => (deadline, joined),
+                    Err(_) => {
+                        tracing::warn!("grace period over with requests still open");
+                        handle.stop(false).await;
+                        (deadline, server.await)
+                    }
+                }
+            }
+        };
         self.state.tasks.close();
-        if tokio::time::timeout(self.grace, self.state.tasks.wait())
+        if tokio::time::timeout_at(deadline, self.state.tasks.wait())
             .await
             .is_err()
         {
@@ -295,6 +322,33 @@ impl Application {
         }
         self.background.abort();
         tracing::info!("stopped");
-        started
+        match result {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
     }
 }

@@ -232,12 +232,14 @@ impl DingTalkClient {
             endpoint: "convertToOpenConversationId",
             detail: "api_base is not a URL".into(),
             timeout: false,
+            connect: true,
         })?;
         url.path_segments_mut()
             .map_err(|_| ApiError::Transport {
                 endpoint: "convertToOpenConversationId",
                 detail: "api_base cannot take a path".into(),
                 timeout: false,
+                connect: true,
             })?
             .extend(["v1.0", "im", "chat", chatid, "convertToOpenConversationId"]);
         let answer: Answer = self
@@ -254,7 +256,8 @@ impl DingTalkClient {
     }
 
     /// POSTs a reply to a sessionWebhook (already checked against the allow-list).
-    /// Retries transient failures within the policy; returns the last error otherwise.
+    /// Sending is not idempotent: it is retried only when DingTalk surely did not take the
+    /// message ([`ApiError::surely_not_delivered`]), so a group never sees a reply twice.
     pub async fn send_to_webhook(
         &self,
         webhook: &Url,
@@ -262,7 +265,7 @@ impl DingTalkClient {
     ) -> Result<(), ApiError> {
         #[derive(Deserialize)]
         struct Ack {}
-        self.with_retries("sendBySession", || async {
+        self.with_retries_if("sendBySession", ApiError::surely_not_delivered, || async {
             let req = self.http.post(webhook.clone()).json(message);
             self.send_oapi::<Ack>("sendBySession", req)
                 .await
@@ -295,6 +298,21 @@ impl DingTalkClient {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, ApiError>>,
     {
+        self.with_retries_if(endpoint, ApiError::is_transient, call)
+            .await
+    }
+
+    /// Retries failures for which `retryable` holds, with backoff inside the deadline.
+    async fn with_retries_if<T, F, Fut>(
+        &self,
+        endpoint: &'static str,
+        retryable: fn(&ApiError) -> bool,
+        call: F,
+    ) -> Result<T, ApiError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, ApiError>>,
+    {
         let started = Instant::now();
         let mut delay = self.retry.base_delay;
         let mut attempt = 1;
@@ -305,7 +323,7 @@ impl DingTalkClient {
             };
             let jittered = delay.mul_f64(rand::rng().random_range(0.5..1.5));
             let out_of_time = started.elapsed() + jittered >= self.retry.deadline;
-            if !err.is_transient() || attempt >= self.retry.attempts || out_of_time {
+            if !retryable(&err) || attempt >= self.retry.attempts || out_of_time {
                 return Err(err);
             }
             tracing::debug!(endpoint, attempt, error = %err, "retrying DingTalk call");
@@ -424,6 +442,7 @@ async fn send(
     let transport = |e: reqwest::Error| ApiError::Transport {
         endpoint,
         timeout: e.is_timeout(),
+        connect: e.is_connect(),
         detail: e.without_url().to_string(),
     };
     let resp = req.send().await.map_err(transport)?;

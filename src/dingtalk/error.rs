@@ -23,6 +23,8 @@ pub enum ApiError {
         detail: String,
         /// Whether the per-call timeout or the overall deadline fired.
         timeout: bool,
+        /// Whether the connection was never established (the request surely not sent).
+        connect: bool,
     },
     /// The answer was not the JSON we expected (HTML error page, truncated, garbage).
     #[error("{endpoint}: unreadable answer (HTTP {status})")]
@@ -79,6 +81,18 @@ impl ApiError {
             ApiError::Http { status, code, .. } => {
                 *status >= 500 || *status == 429 || code.contains("Throttling")
             }
+        }
+    }
+
+    /// Safe to send again because DingTalk surely did not take the request: no connection,
+    /// a busy/throttled errcode, or a 5xx/429 answer. A timeout or an unreadable 2xx answer
+    /// may hide a delivered message, so a non-idempotent POST must not be repeated then.
+    pub fn surely_not_delivered(&self) -> bool {
+        match self {
+            ApiError::Transport { connect, .. } => *connect,
+            ApiError::BadBody { status, .. } => *status >= 500 || *status == 429,
+            ApiError::DingTalk { errcode, .. } => TRANSIENT_ERRCODES.contains(errcode),
+            ApiError::Http { status, .. } => *status >= 500 || *status == 429,
         }
     }
 

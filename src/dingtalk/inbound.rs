@@ -12,10 +12,11 @@ use serde::Deserialize;
 pub struct RobotMessage {
     /// `text`, `richText`, `picture`, … (an open set).
     pub msgtype: Option<String>,
-    /// Present for `text`.
-    pub text: Option<TextContent>,
-    /// Present for non-text types; only `richText` is looked into.
-    pub content: Option<MessageContent>,
+    /// Present for `text`. Kept as raw JSON so an odd shape never fails the request.
+    pub text: Option<serde_json::Value>,
+    /// Present for non-text types; only `richText` is looked into. Raw JSON for the same
+    /// reason: a future message type may put anything here.
+    pub content: Option<serde_json::Value>,
     /// Encrypted message id, the dedupe key.
     pub msg_id: Option<String>,
     /// `"1"` one-to-one, `"2"` group.
@@ -38,30 +39,6 @@ pub struct RobotMessage {
     pub create_at: Option<i64>,
     /// The robot's code (newer payloads).
     pub robot_code: Option<String>,
-}
-
-/// `text` object.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct TextContent {
-    /// The message text after DingTalk removed the robot's @-mention.
-    pub content: String,
-}
-
-/// `content` object; only the rich-text list is used.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct MessageContent {
-    /// Segments of a `richText` message.
-    pub rich_text: Option<Vec<RichTextItem>>,
-}
-
-/// One rich-text segment: text or a picture.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct RichTextItem {
-    /// Text of a text segment.
-    pub text: Option<String>,
 }
 
 /// Kind of conversation a callback came from.
@@ -138,15 +115,26 @@ impl RobotMessage {
             .ok_or(InvalidCallback::Missing("sessionWebhook"))?;
         let msgtype = self.msgtype.unwrap_or_default();
         let body = match msgtype.as_str() {
-            "text" => Body::Text(self.text.map(|t| t.content).unwrap_or_default()),
+            "text" => Body::Text(
+                self.text
+                    .as_ref()
+                    .and_then(|t| t.get("content"))
+                    .and_then(|c| c.as_str())
+                    .unwrap_or_default()
+                    .to_string(),
+            ),
             "richText" => Body::Text(
                 self.content
-                    .and_then(|c| c.rich_text)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|item| item.text)
-                    .collect::<Vec<_>>()
-                    .join(""),
+                    .as_ref()
+                    .and_then(|c| c.get("richText"))
+                    .and_then(|r| r.as_array())
+                    .map(|items| {
+                        items
+                            .iter()
+                            .filter_map(|item| item.get("text").and_then(|t| t.as_str()))
+                            .collect::<String>()
+                    })
+                    .unwrap_or_default(),
             ),
             _ => Body::Other(msgtype),
         };

@@ -19,7 +19,7 @@ use super::error::Rejection;
 use crate::dingtalk::outbound::markdown_message;
 use crate::dingtalk::{ApiError, Callback, RobotMessage};
 use crate::ratelimit::Decision;
-use crate::render::{Rendered, Template};
+use crate::render::{Rendered, Template, escape_markdown};
 use crate::startup::AppState;
 use crate::telemetry::{self, Outcome};
 
@@ -129,13 +129,12 @@ async fn handle(
                 "truncated JSON".to_string()
             }
             serde_json::error::Category::Syntax => format!("invalid JSON at column {}", e.column()),
+            // serde's own text would quote the offending value: say only where it is.
             serde_json::error::Category::Data => {
-                // serde's message names the field and expected type, never the value's text.
-                let msg = e.to_string();
-                msg.split(" at line")
-                    .next()
-                    .unwrap_or("wrong type")
-                    .to_string()
+                format!(
+                    "a field is missing or has the wrong type (column {})",
+                    e.column()
+                )
             }
         })
     })?;
@@ -251,7 +250,7 @@ fn spawn_reply(
         };
         let mention = cb.sender_staff_id.as_deref();
         let text = match (inline_mention, mention) {
-            (true, Some(id)) => format!("{}\n\n@{id}", rendered.text),
+            (true, Some(id)) => format!("{}\n\n@{}", rendered.text, escape_markdown(id)),
             _ => rendered.text,
         };
         let message = markdown_message(&rendered.title, &text, mention);

@@ -34,6 +34,7 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 
 /// Prometheus text format.
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    crate::telemetry::prometheus();
     crate::telemetry::tracked_groups(state.limiter.tracked_groups());
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")

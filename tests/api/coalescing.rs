@@ -1,0 +1,98 @@
+//! The group-info cache: concurrent `/info` in a cold group share one upstream lookup.
+
+use dingbot::sandbox::Endpoint;
+use futures_util::future::join_all;
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_concurrent_info_in_a_cold_group_cost_one_token_and_one_lookup() {
+    let app = spawn_app_from_toml(|base| {
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+workers = 1
+max_in_flight = 2000
+[dingtalk]
+app_key = "dingdemoappkey"
+app_secret = "{SECRET}"
+oapi_base = "{base}"
+api_base = "{base}"
+[rate_limit]
+per_group_per_minute = 2000
+[bot]
+info_cache_ttl_secs = 60
+[[groups]]
+chatid = "chatbound0001"
+open_conversation_id = "{BOUND}"
+"#
+        )
+    })
+    .await;
+    let (_, session) = app.new_session();
+    let sends = (0..1000).map(|_| {
+        let mut out = app.group_text(BOUND, "/info");
+        out.body["sessionWebhook"] = app.sandbox.webhook_url(&session).into();
+        let app = &app;
+        async move { app.send(&out).await.status }
+    });
+    let statuses = join_all(sends).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let got = app
+        .sandbox
+        .wait_for_session_messages(&session, 1000, std::time::Duration::from_secs(30))
+        .await;
+    assert_eq!(got.len(), 1000);
+    assert!(got.iter().all(|m| m.text().contains("研发部全员群")));
+    assert_eq!(app.sandbox.calls(Endpoint::GetToken), 1);
+    assert_eq!(app.sandbox.calls(Endpoint::ChatGet), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_lookup_is_not_cached() {
+    let app = spawn_app_from_toml(|base| {
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+workers = 1
+[dingtalk]
+app_key = "dingdemoappkey"
+app_secret = "{SECRET}"
+oapi_base = "{base}"
+api_base = "{base}"
+[bot]
+info_cache_ttl_secs = 60
+[[groups]]
+chatid = "chatbound0001"
+open_conversation_id = "{BOUND}"
+"#
+        )
+    })
+    .await;
+    app.sandbox.inject(
+        Endpoint::ChatGet,
+        dingbot::sandbox::Fault::ErrCode {
+            errcode: 43007,
+            errmsg: "没有调用权限".into(),
+            sub_code: None,
+        },
+        1,
+    );
+    let first = app.group_text(BOUND, "/info");
+    app.send(&first).await.assert_accepted();
+    assert!(
+        app.replies(&first.session, 1).await[0]
+            .text()
+            .contains("qyapi_chat_read")
+    );
+    let second = app.group_text(BOUND, "/info");
+    app.send(&second).await.assert_accepted();
+    assert!(
+        app.replies(&second.session, 1).await[0]
+            .text()
+            .contains("研发部全员群")
+    );
+    assert_eq!(app.sandbox.calls(Endpoint::ChatGet), 2);
+}

@@ -1,0 +1,88 @@
+//! Posting the reply to the sessionWebhook: retried when it surely failed, never doubled.
+
+use std::time::{Duration, Instant};
+
+use dingbot::sandbox::{Endpoint, Fault};
+
+use crate::helpers::{ABSENCE_WAIT, BOUND, spawn_app, spawn_app_with};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reply_is_retried_after_a_server_error() {
+    let app = spawn_app().await;
+    app.sandbox
+        .inject(Endpoint::SendBySession, Fault::HttpStatus(502), 1);
+    let out = app.group_text(BOUND, "/help");
+    app.send(&out).await.assert_accepted();
+    app.replies(&out.session, 1).await;
+    app.assert_no_more(&out.session, 1).await;
+    assert_eq!(app.sandbox.calls(Endpoint::SendBySession), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reply_is_retried_after_a_busy_answer() {
+    let app = spawn_app().await;
+    app.sandbox
+        .inject(Endpoint::SendBySession, Fault::errcode(-1, "系统繁忙"), 1);
+    let out = app.group_text(BOUND, "/help");
+    app.send(&out).await.assert_accepted();
+    app.replies(&out.session, 1).await;
+    app.assert_no_more(&out.session, 1).await;
+    assert_eq!(app.sandbox.calls(Endpoint::SendBySession), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reply_refused_by_dingtalk_is_not_retried() {
+    let app = spawn_app().await;
+    app.sandbox.inject(
+        Endpoint::SendBySession,
+        Fault::errcode(300001, "session 不存在"),
+        1,
+    );
+    let out = app.group_text(BOUND, "/help");
+    app.send(&out).await.assert_accepted();
+    app.assert_no_reply(&out.session).await;
+    assert_eq!(app.sandbox.calls(Endpoint::SendBySession), 1);
+    // The next message is answered normally.
+    let next = app.group_text(BOUND, "/help");
+    app.send(&next).await.assert_accepted();
+    app.replies(&next.session, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reply_delivered_with_an_unreadable_answer_is_not_sent_twice() {
+    let app = spawn_app().await;
+    // DingTalk posts the message to the group, but its answer arrives cut short.
+    app.sandbox
+        .inject(Endpoint::SendBySession, Fault::Truncated, 1);
+    let out = app.group_text(BOUND, "/help");
+    app.send(&out).await.assert_accepted();
+    app.replies(&out.session, 1).await;
+    app.assert_no_more(&out.session, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reply_that_was_slow_to_be_acknowledged_is_not_sent_twice() {
+    // Timeout 1 s: the first POST times out, and the retry policy has time for another.
+    let app = spawn_app_with(|c| c.request_timeout_ms = Some(1000)).await;
+    // DingTalk takes 1.2 s to acknowledge the first POST, but does deliver it.
+    let delivery = Duration::from_millis(1200);
+    app.sandbox
+        .inject(Endpoint::SendBySession, Fault::Delay(delivery), 1);
+    let out = app.group_text(BOUND, "/help");
+    let sent = Instant::now();
+    app.send(&out).await.assert_accepted();
+    app.replies(&out.session, 1).await;
+    // Give the slow first POST its 1.2 s plus the usual margin to show up a second time.
+    let margin = (delivery + ABSENCE_WAIT).saturating_sub(sent.elapsed());
+    let got = app
+        .sandbox
+        .wait_for_session_messages(&out.session, 2, margin)
+        .await;
+    assert_eq!(
+        got.len(),
+        1,
+        "the group got the reply {} times ({} POSTs)",
+        got.len(),
+        app.sandbox.calls(Endpoint::SendBySession)
+    );
+}
