@@ -1,0 +1,411 @@
+#!/usr/bin/env bash
+# Load harness: dingbot (core 0) against the built-in sandbox + wrk (core 1), on loopback.
+# Prints a markdown table and writes it to bench/out/results.md. See bench/README.md.
+#
+# Environment overrides (defaults in brackets):
+#   DURATION [10]       seconds per measured run
+#   RUNS [3]            measured runs per scenario (the table shows medians)
+#   CONNS ["16 64"]     connection counts for the main scenario (info)
+#   EXTRA_CONNS [64]    connection count for the other scenarios
+#   SCENARIOS ["info miss forged"]  (also available: help)
+#     info    /info with the group-info cache warm (the steady state)
+#     miss    /info with the cache off (bot.info_cache_ttl_secs = 0): chat/get every time
+#     help    /help (no lookup at all)
+#     forged  wrong sign on every request (401)
+#   WARMUP [2]          unmeasured seconds before each scenario's runs
+#   BENCH_GROUPS [1000] groups the callbacks are spread over (cidGen0== … ), ≤ 5000
+#   SKIP_BUILD [0]      1: use the existing target/release/dingbot as is
+#   KEEP [0]            1: keep the work dir (configs, logs, signature table)
+#   PROFILE [0]         1: `perf record -g` dingbot during run 1 of each scenario
+#                       (bench/out/perf-<scenario>.data; needs linux-perf)
+#   QUIET_WAIT [0]      wait up to this many seconds for the load average to drop below 1
+#   RUST_LOG            passed to dingbot (default: dingbot's own, i.e. info)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT=$ROOT/bench/out
+BIN=$ROOT/target/release/dingbot
+
+DURATION=${DURATION:-10}
+RUNS=${RUNS:-3}
+CONNS=${CONNS:-"16 64"}
+EXTRA_CONNS=${EXTRA_CONNS:-64}
+SCENARIOS=${SCENARIOS:-"info miss forged"}
+WARMUP=${WARMUP:-2}
+BENCH_GROUPS=${BENCH_GROUPS:-1000}
+SKIP_BUILD=${SKIP_BUILD:-0}
+KEEP=${KEEP:-0}
+PROFILE=${PROFILE:-0}
+QUIET_WAIT=${QUIET_WAIT:-0}
+SANDBOX_GROUPS=5000
+# Lines of signature table allowed per second of wrk before the rate is known (warm-up).
+RATE_CAP=${RATE_CAP:-40000}
+
+APP_KEY=dingdemoappkey
+APP_SECRET=demo-app-secret-0123456789abcdef
+CLK_TCK=$(getconf CLK_TCK)
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+[[ $DURATION =~ ^[0-9]+$ && $DURATION -ge 1 && $DURATION -le 600 ]] || die "DURATION must be 1..600"
+[[ $RUNS =~ ^[0-9]+$ && $RUNS -ge 1 && $RUNS -le 20 ]] || die "RUNS must be 1..20"
+[[ $WARMUP =~ ^[0-9]+$ && $WARMUP -le 60 ]] || die "WARMUP must be 0..60"
+[[ $QUIET_WAIT =~ ^[0-9]+$ && $QUIET_WAIT -le 3600 ]] || die "QUIET_WAIT must be 0..3600"
+[[ $BENCH_GROUPS =~ ^[0-9]+$ && $BENCH_GROUPS -ge 1 && $BENCH_GROUPS -le $SANDBOX_GROUPS ]] ||
+    die "BENCH_GROUPS must be 1..$SANDBOX_GROUPS"
+
+# DINGBOT_* variables in the caller's environment would override the generated config.
+while read -r v; do unset "$v"; done < <(compgen -e | grep '^DINGBOT_' || true)
+
+# ---- prerequisites ------------------------------------------------------------------
+command -v python3 >/dev/null || die "python3 is required (signature table, report)"
+command -v curl >/dev/null || die "curl is required"
+if ! command -v wrk >/dev/null; then
+    log "installing wrk"
+    if ! { timeout 300 apt-get update -qq && timeout 300 apt-get install -y -qq wrk >/dev/null; }; then
+        die "cannot install wrk"
+    fi
+fi
+NCPU=$(nproc)
+if ((NCPU >= 2)); then
+    PIN_BOT=(taskset -c 0)
+    PIN_LOAD=(taskset -c 1)
+else
+    log "only $NCPU CPU: running unpinned, numbers are not comparable"
+    PIN_BOT=()
+    PIN_LOAD=()
+fi
+if [[ $PROFILE == 1 ]]; then command -v perf >/dev/null || die "PROFILE=1 needs perf (apt-get install linux-perf)"; fi
+if [[ $SKIP_BUILD == 1 && -x $BIN ]]; then
+    log "SKIP_BUILD=1: using $BIN as is"
+else
+    log "cargo build --release (no-op when up to date)"
+    timeout 3600 cargo build --release --locked --quiet || die "build failed"
+fi
+
+# ---- work dir, process bookkeeping, cleanup -------------------------------------------
+mkdir -p "$OUT"
+WORK=$(mktemp -d /tmp/dingbot-bench.XXXXXX)
+SANDBOX_PID=""
+BOT_PID=""
+
+stop_pid() { # pid: TERM, wait up to 5 s, then KILL
+    local pid=$1 i
+    [[ -n $pid ]] || return 0
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+    stop_pid "$BOT_PID"
+    stop_pid "$SANDBOX_PID"
+    if [[ $KEEP == 1 ]]; then log "work dir kept: $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+now_ms() { date +%s%3N; }
+
+wait_http() { # url seconds: wait until it answers 200
+    local url=$1 secs=$2 i
+    for ((i = 0; i < secs * 10; i++)); do
+        curl -fsS --max-time 1 -o /dev/null "$url" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+proc_ticks() { # utime+stime of a whole process, in clock ticks
+    sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
+}
+proc_kb() { # pid field (VmRSS|VmHWM)
+    awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"
+}
+cpu_busy() { # cpuN: "busy total" jiffies from /proc/stat
+    awk -v c="$1" '$1 == c {t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t}' /proc/stat
+}
+sandbox_stat() { # field name from /_sandbox/stats
+    curl -fsS --max-time 2 "$SANDBOX_URL/_sandbox/stats" |
+        python3 -c "import json,sys; print(json.load(sys.stdin).get('$1', 0))"
+}
+
+# ---- sandbox (core 1) -----------------------------------------------------------------
+SANDBOX_PORT=$(free_port)
+SANDBOX_URL=http://127.0.0.1:$SANDBOX_PORT
+log "starting sandbox on $SANDBOX_URL ($SANDBOX_GROUPS generated groups, core 1)"
+"${PIN_LOAD[@]}" "$BIN" sandbox --listen "127.0.0.1:$SANDBOX_PORT" --groups "$SANDBOX_GROUPS" \
+    --workers 1 >"$WORK/sandbox.log" 2>&1 &
+SANDBOX_PID=$!
+wait_http "$SANDBOX_URL/_sandbox/stats" 20 || {
+    tail -20 "$WORK/sandbox.log" >&2
+    die "sandbox did not start"
+}
+HOOK="$SANDBOX_URL/robot/sendBySession?session=bench"
+
+# ---- dingbot (core 0) -------------------------------------------------------------------
+BOT_PORT=$(free_port)
+BOT_URL=http://127.0.0.1:$BOT_PORT
+write_config() { # file info_cache_ttl_secs
+    {
+        cat <<EOF
+# Generated by bench/run.sh
+[server]
+listen = "127.0.0.1:$BOT_PORT"
+workers = 1
+shutdown_grace_secs = 2
+
+[dingtalk]
+app_key = "$APP_KEY"
+app_secret = "$APP_SECRET"
+oapi_base = "$SANDBOX_URL"
+api_base = "$SANDBOX_URL"
+
+[rate_limit]
+per_group_per_minute = 10000
+
+[bot]
+language = "zh"
+info_cache_ttl_secs = $2
+
+[log]
+format = "text"
+EOF
+        for ((i = 0; i < BENCH_GROUPS; i++)); do
+            printf '\n[[groups]]\nchatid = "chatgen%d"\nopen_conversation_id = "cidGen%d=="\n' "$i" "$i"
+        done
+    } >"$1"
+}
+
+start_bot() { # config log
+    "${PIN_BOT[@]}" "$BIN" serve --config "$1" >"$2" 2>&1 &
+    BOT_PID=$!
+    wait_http "$BOT_URL/healthz" 20 || {
+        tail -20 "$2" >&2
+        die "dingbot did not start"
+    }
+    # Fetches and caches the access token, so the first measured request does not.
+    wait_http "$BOT_URL/readyz" 10 || die "dingbot is not ready (see $2)"
+}
+
+# ---- signature table --------------------------------------------------------------------
+# One line per valid request; a line is never reused within one dingbot process (dingbot
+# refuses a second message on a (timestamp, sign) pair). dingbot restarts per scenario, so
+# each scenario starts again at line 0. Timestamps are consecutive ms from TABLE_BASE,
+# which must stay inside dingbot's ±3600 s window.
+TABLE=$WORK/signs.txt
+TABLE_BASE=0
+TABLE_HAVE=0
+new_table() {
+    TABLE_BASE=$(($(now_ms) - 30 * 60 * 1000))
+    TABLE_HAVE=0
+    : >"$TABLE"
+}
+ensure_table() { # lines needed in total
+    local need=$1 now
+    now=$(now_ms)
+    if ((TABLE_BASE + need > now + 55 * 60 * 1000)); then
+        die "a scenario needs $need signed requests; more than the clock window holds (lower DURATION/RUNS)"
+    fi
+    if ((need > TABLE_HAVE)); then
+        python3 "$ROOT/bench/signs.py" "$TABLE" "$APP_SECRET" "$TABLE_BASE" "$TABLE_HAVE" \
+            $((need - TABLE_HAVE)) || die "signature table generation failed"
+        TABLE_HAVE=$need
+    fi
+}
+
+# ---- one wrk run ------------------------------------------------------------------------
+# Sets the WRK_* variables from the BENCH line callback.lua prints.
+CURSOR=0
+WRK_FIELDS="requests duration_us p50_us p99_us non2xx timeouts connect_err read_err write_err next_index exhausted"
+WRK_requests=0 WRK_duration_us=0 WRK_p50_us=0 WRK_p99_us=0 WRK_non2xx=0 WRK_timeouts=0
+WRK_connect_err=0 WRK_read_err=0 WRK_write_err=0 WRK_next_index=0 WRK_exhausted=0
+run_wrk() { # mode text conns seconds avail
+    local mode=$1 text=$2 conns=$3 secs=$4 avail=$5 out
+    if [[ $mode == valid ]]; then ensure_table $((CURSOR + avail)); fi
+    out=$(timeout $((secs + 60)) "${PIN_LOAD[@]}" wrk -t1 -c"$conns" -d"${secs}s" --timeout 5s \
+        -s "$ROOT/bench/callback.lua" "$BOT_URL/dingtalk/callback" -- \
+        "$mode" "$TABLE" "$CURSOR" "$avail" "$text" "$BENCH_GROUPS" "$HOOK" \
+        $(($(now_ms) + 3 * 3600 * 1000)) 1 "$(now_ms)") || die "wrk failed: $out"
+    local line
+    line=$(grep '^BENCH ' <<<"$out") || die "no BENCH line from wrk: $out"
+    local kv k v
+    for kv in ${line#BENCH }; do
+        k=${kv%%=*} v=${kv#*=}
+        [[ " $WRK_FIELDS " == *" $k "* && $v =~ ^[0-9]+$ ]] || die "unexpected wrk output: $kv"
+        printf -v "WRK_$k" '%s' "$v"
+    done
+    if [[ $mode == valid ]]; then CURSOR=$WRK_next_index; fi
+}
+
+wait_replies() { # base expected: wait (≤ 15 s) until the sink has base+expected messages or stops growing
+    local base=$1 expected=$2 last=-1 same=0 cur i
+    for ((i = 0; i < 150; i++)); do
+        cur=$(sandbox_stat messages)
+        ((cur - base >= expected)) && break
+        if ((cur == last)); then
+            same=$((same + 1))
+            ((same >= 10)) && break
+        else
+            same=0
+        fi
+        last=$cur
+        sleep 0.1
+    done
+}
+
+# ---- scenarios ----------------------------------------------------------------------------
+RUNS_TSV=$OUT/runs.tsv
+SCEN_TSV=$WORK/scenarios.tsv
+printf 'key\trun\trequests\trps\tok_rps\treplies_rps\tp50_ms\tp99_ms\tnon2xx\tbot_us_per_req\tbot_us_per_reply\tbot_cpu_pct\tsbx_us_per_req\tcore0_pct\tcore1_pct\treplies\treply_ratio\tchat_get\tnote\n' >"$RUNS_TSV"
+printf 'key\tlabel\tconns\tidle_rss_kb\tpeak_rss_kb\n' >"$SCEN_TSV"
+
+scenario() { # key label mode text conns info_cache_ttl_secs
+    local key=$1 label=$2 mode=$3 text=$4 conns=$5 ttl=$6 run
+    log "scenario $key: $label, $conns connections, ${WARMUP}s warm-up + $RUNS × ${DURATION}s"
+    curl -fsS --max-time 2 -X POST -o /dev/null "$SANDBOX_URL/_sandbox/reset" || die "sandbox reset failed"
+    if [[ $mode == valid ]]; then new_table; fi
+    CURSOR=0
+    write_config "$WORK/dingbot-$key.toml" "$ttl"
+    start_bot "$WORK/dingbot-$key.toml" "$WORK/dingbot-$key.log"
+    local idle_kb
+    idle_kb=$(proc_kb "$BOT_PID" VmRSS)
+
+    local rate=$RATE_CAP
+    if ((WARMUP > 0)); then
+        local mw
+        mw=$(sandbox_stat messages)
+        run_wrk "$mode" "$text" "$conns" "$WARMUP" $((WARMUP * RATE_CAP))
+        rate=$((WRK_requests * 1000000 / (WRK_duration_us > 0 ? WRK_duration_us : 1)))
+        ((WRK_exhausted == 0)) || log "warm-up ran out of signatures (raise RATE_CAP)"
+        if [[ $mode == valid ]]; then wait_replies "$mw" $((WRK_requests - WRK_non2xx)); fi
+    fi
+    # Enough signatures for twice the warm-up rate (at least 1000/s).
+    local avail=$((DURATION * (rate * 2 > 1000 ? rate * 2 : 1000)))
+
+    for ((run = 1; run <= RUNS; run++)); do
+        local m0 c0 t0 s0 b0 a0 w0 m1 c1 t1 s1 b1 a1 w1 note=""
+        m0=$(sandbox_stat messages)
+        c0=$(sandbox_stat chat_get)
+        t0=$(proc_ticks "$BOT_PID")
+        s0=$(proc_ticks "$SANDBOX_PID")
+        read -r b0 a0 < <(cpu_busy cpu0)
+        read -r w0 _ < <(cpu_busy cpu1)
+        local wall0 perf_pid=""
+        wall0=$(now_ms)
+        if [[ $PROFILE == 1 && $run == 1 ]]; then
+            timeout $((DURATION + 30)) perf record -q -e cpu-clock -F 997 -g -p "$BOT_PID" \
+                -o "$OUT/perf-$key.data" -- sleep "$DURATION" >/dev/null 2>&1 &
+            perf_pid=$!
+        fi
+        run_wrk "$mode" "$text" "$conns" "$DURATION" "$avail"
+        if [[ -n $perf_pid ]]; then wait "$perf_pid" || log "perf record failed"; fi
+        local ok=$((WRK_requests - WRK_non2xx))
+        if [[ $mode == valid ]]; then wait_replies "$m0" "$ok"; else wait_replies "$m0" 0; fi
+        local wall=$(($(now_ms) - wall0))
+        m1=$(sandbox_stat messages)
+        c1=$(sandbox_stat chat_get)
+        t1=$(proc_ticks "$BOT_PID")
+        s1=$(proc_ticks "$SANDBOX_PID")
+        read -r b1 a1 < <(cpu_busy cpu0)
+        read -r w1 _ < <(cpu_busy cpu1)
+        local req=$WRK_requests
+        ((WRK_exhausted == 0)) || note="ran out of signatures after $CURSOR lines ($WRK_exhausted requests resent; their 403s are in non-2xx)"
+        ((WRK_timeouts + WRK_connect_err + WRK_read_err + WRK_write_err == 0)) ||
+            note="${note:+$note; }socket errors: connect $WRK_connect_err, read $WRK_read_err, write $WRK_write_err, timeout $WRK_timeouts"
+        python3 - "$key" "$run" "$req" "$WRK_duration_us" "$WRK_p50_us" "$WRK_p99_us" "$WRK_non2xx" \
+            "$((t1 - t0))" "$((s1 - s0))" "$CLK_TCK" "$wall" "$((b1 - b0))" "$((a1 - a0))" \
+            "$((w1 - w0))" "$((m1 - m0))" "$((c1 - c0))" "$note" >>"$RUNS_TSV" <<'PY'
+import sys
+(key, run, req, dur_us, p50, p99, non2xx, bot_t, sbx_t, tck, wall_ms, busy0, all0, busy1,
+ replies, chat_get, note) = sys.argv[1:]
+req, dur_us, tck, wall_ms = int(req), int(dur_us), int(tck), int(wall_ms)
+ok, replies = req - int(non2xx), int(replies)
+bot_us = int(bot_t) * 1e6 / tck
+sbx_us = int(sbx_t) * 1e6 / tck
+all0 = int(all0) or 1
+rate = lambda n: f"{n * 1e6 / dur_us:.1f}" if dur_us else "nan"
+per = lambda us, n: f"{us / n:.2f}" if n else "nan"
+row = [key, run, req, rate(req), rate(ok), rate(replies),
+       f"{int(p50) / 1000:.3f}", f"{int(p99) / 1000:.3f}", non2xx,
+       per(bot_us, req), per(bot_us, replies), f"{bot_us / 1000 / wall_ms * 100:.1f}",
+       per(sbx_us, req), f"{int(busy0) / all0 * 100:.1f}", f"{int(busy1) / all0 * 100:.1f}",
+       replies, f"{replies / req:.3f}" if req else "nan", chat_get, note]
+print("\t".join(str(x) for x in row))
+PY
+        log "  run $run: $(tail -1 "$RUNS_TSV" | cut -f3-10 | tr '\t' ' ') (requests, req/s, 2xx/s, replies/s, p50, p99 ms, non-2xx, bot µs/req)"
+    done
+    local peak_kb
+    peak_kb=$(proc_kb "$BOT_PID" VmHWM)
+    printf '%s\t%s\t%s\t%s\t%s\n' "$key" "$label" "$conns" "$idle_kb" "$peak_kb" >>"$SCEN_TSV"
+    stop_pid "$BOT_PID"
+    BOT_PID=""
+}
+
+if ((QUIET_WAIT > 0)); then
+    log "waiting up to ${QUIET_WAIT}s for the 1-minute load average to fall below 1.0"
+    for ((i = 0; i < QUIET_WAIT; i++)); do
+        awk '{exit !($1 < 1.0)}' /proc/loadavg && break
+        sleep 1
+    done
+fi
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
+STARTED=$(date -u +%FT%TZ)
+for s in $SCENARIOS; do
+    case $s in
+    info)
+        for c in $CONNS; do
+            scenario "info-c$c" "/info, group-info cache warm (ttl 3600 s): render + sendBySession" \
+                valid "/info" "$c" 3600
+        done
+        ;;
+    miss)
+        scenario "miss-c$EXTRA_CONNS" "/info, cache off (ttl 0): chat/get + sendBySession every time (upstream-bound)" \
+            valid "/info" "$EXTRA_CONNS" 0
+        ;;
+    help)
+        scenario "help-c$EXTRA_CONNS" "/help: render + sendBySession, no group lookup" \
+            valid "/help" "$EXTRA_CONNS" 3600
+        ;;
+    forged)
+        scenario "forged-c$EXTRA_CONNS" "forged sign → 401 (server closes the connection each time)" \
+            forged "/info" "$EXTRA_CONNS" 3600
+        ;;
+    *) die "unknown scenario $s (info, miss, help, forged)" ;;
+    esac
+done
+
+# ---- report -----------------------------------------------------------------------------
+HEADER=$WORK/header.md
+LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+git diff --quiet HEAD -- src Cargo.toml Cargo.lock templates 2>/dev/null || COMMIT="$COMMIT+dirty"
+{
+    echo "## dingbot load benchmark"
+    echo
+    echo "$STARTED, commit $COMMIT, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $NCPU CPUs,"
+    echo "load average before: $LOAD0, after: $LOAD1 (anything else running on the machine skews every number)."
+    echo "dingbot \`serve\` (1 worker) pinned to core 0; \`dingbot sandbox\` (1 worker) and \`wrk -t1\` share core 1."
+    echo "Each scenario: fresh dingbot, ${WARMUP}s warm-up, $RUNS runs × ${DURATION}s; medians shown."
+    echo "Every valid request has its own msgId, timestamp and matching sign; ${BENCH_GROUPS} groups, round-robin."
+    echo
+    echo "- **bot CPU µs/req**: dingbot's utime+stime over the run (including the wait for replies to drain) ÷ completed requests; **µs/reply** ÷ replies instead."
+    echo "- **2xx/s**: callbacks accepted per second; the rest were refused (503 once server.max_in_flight replies are pending, 401 when forged)."
+    echo "- **replies / requests**: messages the sandbox's sessionWebhook sink received ÷ completed requests; **chat/get per reply**: upstream group lookups per reply (0 = all cache hits)."
+    echo "- **p50/p99**: latency of the HTTP answer to the callback (the reply is sent afterwards, asynchronously)."
+    echo "- **core0 / core1 busy**: whole-core utilisation from /proc/stat; core 1 at ~100 % means the load side (sandbox + wrk) is the limit, not dingbot."
+    echo "- **peak RSS**: VmHWM of the dingbot process at the end of the scenario (warm-up included)."
+    echo
+} >"$HEADER"
+python3 "$ROOT/bench/report.py" "$RUNS_TSV" "$SCEN_TSV" "$HEADER" >"$OUT/results.md"
+cat "$OUT/results.md"
+log "written $OUT/results.md (per-run data: $RUNS_TSV)"
