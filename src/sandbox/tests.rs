@@ -574,8 +574,9 @@ async fn groups_can_be_changed_and_generated() -> Result<()> {
     );
     ensure!(!h.sbx.update_group("cidMissing==", |_| {}));
 
-    h.sbx.shutdown().await;
-    ensure!(h.http.get(h.url("/gettoken")).send().await.is_err());
+    // Shutdown completes (whether the port then refuses connections is not asserted: a
+    // concurrently running test may already have been given the same ephemeral port).
+    tokio::time::timeout(std::time::Duration::from_secs(10), h.sbx.shutdown()).await?;
     Ok(())
 }
 
