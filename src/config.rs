@@ -31,6 +31,10 @@ pub struct Settings {
     pub bot: BotSettings,
     /// Log output format.
     pub log: LogSettings,
+    /// Where `/info` looks a group up, and how long a refusal is remembered.
+    pub group_info: GroupInfoSettings,
+    /// Where dingbot keeps what must survive a restart (`/bind` bindings).
+    pub storage: StorageSettings,
     /// Groups whose legacy `chatid` the admin knows (created through the server API).
     #[serde(default)]
     pub groups: Vec<GroupBinding>,
@@ -99,6 +103,63 @@ pub struct BotSettings {
     pub inline_mention: bool,
     /// Seconds a group's info is reused before asking DingTalk again; 0 disables caching.
     pub info_cache_ttl_secs: u64,
+    /// Userids (`senderStaffId`) allowed to `/bind` in any group, besides DingTalk's group
+    /// admins (`isAdmin`).
+    #[serde(default)]
+    pub admin_user_ids: Vec<String>,
+}
+
+/// `[group_info]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupInfoSettings {
+    /// Sources `/info` asks, in this order, until the summary is complete.
+    pub sources: Vec<InfoSource>,
+    /// Seconds a source that refused a group (no permission, not a scene group) is not
+    /// asked again for that group; 0 asks every time.
+    pub denied_backoff_secs: u64,
+}
+
+/// One place `/info` can learn about a group from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InfoSource {
+    /// `chat/get`: everything, but only with a chatid (`[[groups]]` or `/bind`).
+    ChatGet,
+    /// `topapi/im/chat/scenegroup/get`: title, owner and settings of the app's scene groups.
+    SceneGroup,
+    /// `/v1.0/im/groups/baseInfos/query`: title and member count.
+    BaseInfo,
+    /// The callback's `conversationTitle`: the title, always at hand, no API call.
+    Callback,
+}
+
+impl InfoSource {
+    /// Every source, in the default order.
+    pub const ALL: [InfoSource; 4] = [
+        InfoSource::ChatGet,
+        InfoSource::SceneGroup,
+        InfoSource::BaseInfo,
+        InfoSource::Callback,
+    ];
+
+    /// The name used in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            InfoSource::ChatGet => "chat_get",
+            InfoSource::SceneGroup => "scene_group",
+            InfoSource::BaseInfo => "base_info",
+            InfoSource::Callback => "callback",
+        }
+    }
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSettings {
+    /// Directory of `bindings.json`; created at startup if missing, must be writable.
+    pub data_dir: PathBuf,
 }
 
 /// `[log]`
@@ -170,8 +231,18 @@ fn defaults() -> serde_json::Value {
             "max_messages_per_signature": 1,
         },
         "rate_limit": { "per_group_per_minute": 20 },
-        "bot": { "language": "zh", "inline_mention": false, "info_cache_ttl_secs": 60 },
+        "bot": {
+            "language": "zh",
+            "inline_mention": false,
+            "info_cache_ttl_secs": 60,
+            "admin_user_ids": [],
+        },
         "log": { "format": "text" },
+        "group_info": {
+            "sources": ["chat_get", "scene_group", "base_info", "callback"],
+            "denied_backoff_secs": 600,
+        },
+        "storage": { "data_dir": "./data" },
     })
 }
 
@@ -347,6 +418,46 @@ impl Settings {
                 "must be at most 86400 (0 disables the cache)".into(),
             );
         }
+        if self
+            .bot
+            .admin_user_ids
+            .iter()
+            .any(|id| id.trim().is_empty())
+        {
+            return err(
+                "bot.admin_user_ids",
+                "must not contain empty userids".into(),
+            );
+        }
+        if self.group_info.sources.is_empty() {
+            return err(
+                "group_info.sources",
+                format!(
+                    "must name at least one of {}",
+                    InfoSource::ALL.map(InfoSource::name).join(", ")
+                ),
+            );
+        }
+        for (i, source) in self.group_info.sources.iter().enumerate() {
+            if self.group_info.sources[..i].contains(source) {
+                return err(
+                    "group_info.sources",
+                    format!("{:?} is listed twice", source.name()),
+                );
+            }
+        }
+        if self.group_info.denied_backoff_secs > 7 * 24 * 3600 {
+            return err(
+                "group_info.denied_backoff_secs",
+                "must be at most 604800 (0 asks again every time)".into(),
+            );
+        }
+        if self.storage.data_dir.as_os_str().is_empty() {
+            return err(
+                "storage.data_dir",
+                "must not be empty (default ./data)".into(),
+            );
+        }
         if let Some(dir) = &self.bot.templates_dir
             && !dir.as_os_str().is_empty()
             && !dir.is_dir()
@@ -414,7 +525,7 @@ fn parse_env_value(path: &[String], value: &str) -> serde_json::Value {
     let last = path.last().map(String::as_str).unwrap_or("");
     if matches!(
         last,
-        "app_key" | "app_secret" | "chatid" | "open_conversation_id"
+        "app_key" | "app_secret" | "chatid" | "open_conversation_id" | "data_dir"
     ) {
         return serde_json::Value::String(value.to_string());
     }
@@ -535,6 +646,88 @@ app_secret = "s3cret-value"
         assert_eq!(s.rate_limit.per_group_per_minute, 20);
         assert_eq!(s.bot.language, Language::Zh);
         assert!(s.groups.is_empty());
+        assert!(s.bot.admin_user_ids.is_empty());
+        assert_eq!(s.group_info.sources, InfoSource::ALL.to_vec());
+        assert_eq!(s.group_info.denied_backoff_secs, 600);
+        assert_eq!(s.storage.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn group_info_sources_are_checked() {
+        let s = Settings::from_toml_str(&format!(
+            "{MINIMAL}[group_info]\nsources = [\"base_info\", \"callback\"]\ndenied_backoff_secs = 0\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            s.group_info.sources,
+            vec![InfoSource::BaseInfo, InfoSource::Callback]
+        );
+        assert_eq!(s.group_info.denied_backoff_secs, 0);
+
+        let e = Settings::from_toml_str(&format!(
+            "{MINIMAL}[group_info]\nsources = [\"chat_get\", \"scenegroup\"]\n"
+        ))
+        .unwrap_err();
+        assert!(e.key.starts_with("group_info.sources"), "{e}");
+        assert!(e.to_string().contains("scene_group"), "{e}");
+
+        let e = Settings::from_toml_str(&format!(
+            "{MINIMAL}[group_info]\nsources = [\"callback\", \"callback\"]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "group_info.sources");
+        assert!(e.problem.contains("twice"), "{e}");
+
+        let e = Settings::from_toml_str(&format!("{MINIMAL}[group_info]\nsources = []\n"))
+            .unwrap_err();
+        assert_eq!(e.key, "group_info.sources");
+
+        let e = Settings::from_toml_str(&format!(
+            "{MINIMAL}[group_info]\ndenied_backoff_secs = 99999999\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "group_info.denied_backoff_secs");
+    }
+
+    #[test]
+    fn storage_and_admins_are_checked() {
+        let s = Settings::from_toml_str(&format!(
+            "{MINIMAL}[storage]\ndata_dir = \"/var/lib/dingbot\"\n[bot]\nadmin_user_ids = [\"manager4220\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(s.storage.data_dir, PathBuf::from("/var/lib/dingbot"));
+        assert_eq!(s.bot.admin_user_ids, vec!["manager4220".to_string()]);
+
+        let e = Settings::from_toml_str(&format!("{MINIMAL}[storage]\ndata_dir = \"\"\n"))
+            .unwrap_err();
+        assert_eq!(e.key, "storage.data_dir");
+        let e = Settings::from_toml_str(&format!("{MINIMAL}[bot]\nadmin_user_ids = [\" \"]\n"))
+            .unwrap_err();
+        assert_eq!(e.key, "bot.admin_user_ids");
+
+        let s = Settings::load_with_env(
+            None,
+            vec![
+                ("DINGBOT_DINGTALK__APP_KEY".into(), "k".into()),
+                ("DINGBOT_DINGTALK__APP_SECRET".into(), "s".into()),
+                (
+                    "DINGBOT_BOT__ADMIN_USER_IDS".into(),
+                    r#"["0420000297", "manager4220"]"#.into(),
+                ),
+                (
+                    "DINGBOT_GROUP_INFO__SOURCES".into(),
+                    r#"["scene_group", "callback"]"#.into(),
+                ),
+                ("DINGBOT_STORAGE__DATA_DIR".into(), "/tmp/dingbot-x".into()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.bot.admin_user_ids.len(), 2);
+        assert_eq!(
+            s.group_info.sources,
+            vec![InfoSource::SceneGroup, InfoSource::Callback]
+        );
+        assert_eq!(s.storage.data_dir, PathBuf::from("/tmp/dingbot-x"));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use anyhow::Context;
 use crate::config::{Language, Settings};
 use crate::dingtalk::signature::sign;
 use crate::http::callback::now_ms;
-use crate::sandbox::{Endpoint, Fault, Org, Sandbox, SentMessage};
+use crate::sandbox::{Endpoint, Fault, Group, Org, Sandbox, SentMessage};
 use crate::startup::Application;
 
 /// A callback as DingTalk would send it, ready to sign and POST.
@@ -106,7 +106,8 @@ pub async fn wait_for_session(
     }
 }
 
-/// Settings that point dingbot at `sandbox` and listen on an ephemeral loopback port.
+/// Settings that point dingbot at `sandbox` and listen on an ephemeral loopback port; the
+/// data dir is a fresh directory under the system temp dir (the caller may remove it).
 pub fn sandbox_settings(
     sandbox: &Sandbox,
     org: &Org,
@@ -131,6 +132,8 @@ per_group_per_minute = {per_minute}
 language = "{lang}"
 # No group-info cache: every /info reaches the sandbox, so injected faults show at once.
 info_cache_ttl_secs = 0
+[storage]
+data_dir = '{data_dir}'
 [[groups]]
 chatid = "chatbound0001"
 open_conversation_id = "cidBound0001=="
@@ -141,6 +144,13 @@ chatid = "chate39f540dxxxx"
         secret = org.app_secret,
         base = sandbox.base_url(),
         lang = lang.code(),
+        data_dir = std::env::temp_dir()
+            .join(format!(
+                "dingbot-sandbox-{}-{}",
+                std::process::id(),
+                unique_timestamp()
+            ))
+            .display(),
     );
     Settings::from_toml_str(&toml)
 }
@@ -182,13 +192,15 @@ pub async fn run(lang: Language, out: &mut (impl Write + Send)) -> anyhow::Resul
            -> anyhow::Result<()> {
         step += 1;
         let session = format!("demo-{step}");
-        let cb = SignedCallback::group_text(
+        let mut cb = SignedCallback::group_text(
             cid,
             group,
             text,
             &format!("msgDemo{step:04}"),
             &sandbox.webhook_url(&session),
         );
+        // /bind is sent by one of the group's admins.
+        cb.body["isAdmin"] = serde_json::json!(text.starts_with("/bind"));
         writeln!(out, "── {step}. {title}")?;
         writeln!(out, "   [{group}] 小钉: @dingbot {text}")?;
         let resp = cb.send(&http, &url, secret).await?;
@@ -233,6 +245,61 @@ pub async fn run(lang: Language, out: &mut (impl Write + Send)) -> anyhow::Resul
         1,
     )
     .await?;
+    scene(
+        "/info in a scene group of this app (no chatid): owner and settings from scenegroup/get",
+        "cidScene0001==",
+        "项目群·发布",
+        "/info",
+        &secret,
+        1,
+    )
+    .await?;
+    scene(
+        "/info in a group the robot was only added to: title and member count",
+        "cidPlain0001==",
+        "午餐拼单群",
+        "/info",
+        &secret,
+        1,
+    )
+    .await?;
+    scene(
+        "/info in a group where DingTalk denies every lookup: the title from the callback",
+        "cidDenied001==",
+        "外部协作群",
+        "/info",
+        &secret,
+        1,
+    )
+    .await?;
+    sandbox.put_group(
+        Group::new(
+            "cidOwn0001==",
+            "自建项目群",
+            "manager4220",
+            vec!["manager4220".into(), "user123".into(), "pm0815".into()],
+        )
+        .with_chatid("chatown0001")
+        .with_flags([0, 1, 0, 1, 1, 1]),
+    );
+    scene(
+        "a group admin binds a group this app created: /bind <chatid>",
+        "cidOwn0001==",
+        "自建项目群",
+        "/bind chatown0001",
+        &secret,
+        1,
+    )
+    .await?;
+    scene(
+        "/info in the group just bound: the full summary through chat/get",
+        "cidOwn0001==",
+        "自建项目群",
+        "/info",
+        &secret,
+        1,
+    )
+    .await?;
     sandbox.inject(
         Endpoint::ChatGet,
         Fault::ErrCode {
@@ -243,18 +310,9 @@ pub async fn run(lang: Language, out: &mut (impl Write + Send)) -> anyhow::Resul
         1,
     );
     scene(
-        "/info while DingTalk denies chat/get (errcode 43007)",
+        "/info while DingTalk denies chat/get (errcode 43007): the other sources, the permission named",
         "cidBound0001==",
         "研发部全员群",
-        "/info",
-        &secret,
-        1,
-    )
-    .await?;
-    scene(
-        "/info in a group with no known chatid",
-        "cidPlain0001==",
-        "产品讨论组",
         "/info",
         &secret,
         1,
@@ -324,13 +382,17 @@ pub async fn run(lang: Language, out: &mut (impl Write + Send)) -> anyhow::Resul
 
     writeln!(
         out,
-        "\nDingTalk API calls: gettoken {}, chat/get {}, convertToOpenConversationId {}",
+        "\nDingTalk API calls: gettoken {}, chat/get {}, convertToOpenConversationId {}, scenegroup/get {}, baseInfos {}, user/get {}",
         sandbox.calls(Endpoint::GetToken),
         sandbox.calls(Endpoint::ChatGet),
-        sandbox.calls(Endpoint::ConvertToOpenConversationId)
+        sandbox.calls(Endpoint::ConvertToOpenConversationId),
+        sandbox.calls(Endpoint::SceneGroupGet),
+        sandbox.calls(Endpoint::GroupBaseInfos),
+        sandbox.calls(Endpoint::UserGet)
     )?;
     stop.stop(true).await;
     server.await.context("joining the server")??;
+    let _ = std::fs::remove_dir_all(&settings.storage.data_dir);
     Ok(())
 }
 

@@ -13,6 +13,8 @@
 //! - [`bot`]: command parsing and what each command answers.
 //! - [`render`]: reply templates (embedded defaults + admin overrides), markdown escaping.
 //! - [`ratelimit`]: per-group budget on governor's keyed limiter.
+//! - [`seen`]: bounded memory of handled msgIds and used signatures (dedupe, replays).
+//! - [`store`]: the `/bind` bindings on disk (`bindings.json`, atomic writes).
 //! - [`telemetry`]: logs and Prometheus metrics.
 //! - [`sandbox`]: a fake DingTalk for `demo`, tests and benchmarks.
 //! - [`demo`]: the scripted tour behind `dingbot demo`, and the signed-callback client.
@@ -27,5 +29,7 @@ pub mod http;
 pub mod ratelimit;
 pub mod render;
 pub mod sandbox;
+pub mod seen;
 pub mod startup;
+pub mod store;
 pub mod telemetry;

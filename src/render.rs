@@ -24,7 +24,7 @@ pub enum Template {
     Info,
     /// `/info` failed; the context's `kind` says why.
     InfoError,
-    /// `/info` in a group without a known chatid.
+    /// `/info` in a group of which nothing at all could be learned.
     Unbound,
     /// `/info` in a 1:1 chat.
     PrivateOnly,
@@ -32,11 +32,13 @@ pub enum Template {
     NotText,
     /// The group is over its per-minute budget.
     SlowDown,
+    /// `/bind <chatid>`; the context's `outcome` says what happened.
+    Bind,
 }
 
 impl Template {
     /// Every template, for loading and checks.
-    pub const ALL: [Template; 7] = [
+    pub const ALL: [Template; 8] = [
         Template::Help,
         Template::Info,
         Template::InfoError,
@@ -44,6 +46,7 @@ impl Template {
         Template::PrivateOnly,
         Template::NotText,
         Template::SlowDown,
+        Template::Bind,
     ];
 
     /// The file name under `templates/<language>/`.
@@ -56,6 +59,7 @@ impl Template {
             Template::PrivateOnly => "private_only.md.j2",
             Template::NotText => "not_text.md.j2",
             Template::SlowDown => "slow_down.md.j2",
+            Template::Bind => "bind.md.j2",
         }
     }
 
@@ -76,6 +80,7 @@ impl Template {
             Template::PrivateOnly => pick!("private_only.md.j2"),
             Template::NotText => pick!("not_text.md.j2"),
             Template::SlowDown => pick!("slow_down.md.j2"),
+            Template::Bind => pick!("bind.md.j2"),
         }
     }
 }
@@ -265,6 +270,15 @@ fn markdown_formatter(out: &mut Output, _state: &mut State, value: &Value) -> Re
 
 /// Escapes markdown syntax and flattens control characters, so text shows as written.
 pub fn escape_markdown(s: &str) -> String {
+    let special = |c: char| {
+        matches!(
+            c,
+            '\\' | '*' | '_' | '`' | '[' | ']' | '<' | '>' | '~' | '|' | '#'
+        ) || c.is_control()
+    };
+    if !s.chars().any(special) {
+        return s.to_string();
+    }
     let mut out = String::with_capacity(s.len() + 8);
     let chars: Vec<char> = s.chars().collect();
     for (i, &c) in chars.iter().enumerate() {

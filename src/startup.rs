@@ -1,7 +1,6 @@
 //! Builds the running service from [`Settings`]: shared state, the bound HTTP server and
 //! its background tasks. Tests call [`Application::build`] with port 0.
 
-use std::hash::RandomState;
 use std::net::TcpListener;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -14,20 +13,19 @@ use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-use crate::bot::{Bot, GroupDirectory};
+use crate::bot::{Bot, BotOptions, GroupDirectory};
 use crate::config::{Settings, parse_base_url};
 use crate::dingtalk::client::http_client;
 use crate::dingtalk::{DingTalkClient, RetryPolicy, Verifier, WebhookPolicy};
 use crate::ratelimit::GroupLimiter;
+use crate::seen::SeenSet;
 use crate::render::Renderer;
+use crate::store::BindingStore;
 
-/// Upper bound on remembered msgIds (about 100 bytes each).
-const DEDUPE_CAPACITY: u64 = 1_000_000;
+/// Upper bound on remembered msgIds and on remembered signature pairs (each).
+const SEEN_CAPACITY: usize = 2_000_000;
 /// How long a failed readiness check is reused before trying DingTalk again.
 const READINESS_RETRY: Duration = Duration::from_secs(10);
-
-/// (timestamp ms, sign bytes) → fingerprints of the messages that pair carried.
-pub type ReplayCache = moka::sync::Cache<(i64, Vec<u8>), Arc<std::sync::Mutex<Vec<u64>>>>;
 
 /// State shared by every request.
 pub struct AppState {
@@ -36,13 +34,9 @@ pub struct AppState {
     /// Where replies may go.
     pub webhooks: WebhookPolicy,
     /// msgIds already handled, for the signature window.
-    pub dedupe: moka::sync::Cache<Arc<str>, ()>,
-    /// (timestamp, sign) → fingerprints of the messages it carried.
-    pub replay: ReplayCache,
-    /// `dingtalk.max_messages_per_signature`.
-    pub max_messages_per_signature: usize,
-    /// Keyed hasher for fingerprints (random per process).
-    pub hasher: RandomState,
+    pub dedupe: SeenSet,
+    /// (timestamp, sign) → the message(s) it carried, for the signature window.
+    pub replay: SeenSet,
     /// Per-group budget.
     pub limiter: Arc<GroupLimiter>,
     /// Decides replies.
@@ -66,6 +60,14 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Whether a callback with this msgId was accepted within the window.
+    pub fn handled_msg_id(&self, msg_id: &str) -> bool {
+        self.dedupe.contains(
+            self.dedupe.hash(msg_id),
+            crate::http::callback::now_ms(),
+        )
+    }
+
     /// A new request id.
     pub fn next_request_id(&self) -> u64 {
         self.request_ids.fetch_add(1, Ordering::Relaxed) + 1
@@ -111,6 +113,9 @@ pub enum StartupError {
     /// A template override does not compile.
     #[error(transparent)]
     Template(#[from] crate::render::TemplateError),
+    /// The data dir is unusable or `bindings.json` is corrupt.
+    #[error(transparent)]
+    Storage(#[from] crate::store::StoreError),
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -180,32 +185,26 @@ impl Application {
             .collect();
         let renderer = Renderer::new(settings.bot.language, settings.bot.templates_dir.as_deref())?;
         let groups = Arc::new(GroupDirectory::new(&settings.groups));
+        let store = Arc::new(BindingStore::open(&settings.storage.data_dir)?);
         let bot = Arc::new(Bot::new(
             client.clone(),
             renderer,
             groups.clone(),
-            timeout.mul_f64(2.0),
-            Duration::from_secs(settings.bot.info_cache_ttl_secs),
+            store,
+            BotOptions::from_settings(settings),
         ));
-        let window = Duration::from_secs(dt.max_clock_skew_secs);
+        let window_ms = i64::try_from(dt.max_clock_skew_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
         let per_minute =
             NonZeroU32::new(settings.rate_limit.per_group_per_minute).unwrap_or(NonZeroU32::MIN);
         let limiter = Arc::new(GroupLimiter::new(per_minute));
         let state = web::Data::new(AppState {
             verifier: Verifier::new(&dt.app_secret, dt.max_clock_skew_secs),
             webhooks: WebhookPolicy::new(&oapi, extra.iter()),
-            // A msgId or a (timestamp, sign) pair is only valid inside the clock window
-            // (on either side of now), so remembering it for twice the window is enough.
-            dedupe: moka::sync::Cache::builder()
-                .max_capacity(DEDUPE_CAPACITY)
-                .time_to_live(window * 2)
-                .build(),
-            replay: moka::sync::Cache::builder()
-                .max_capacity(DEDUPE_CAPACITY)
-                .time_to_live(window * 2)
-                .build(),
-            max_messages_per_signature: dt.max_messages_per_signature,
-            hasher: RandomState::new(),
+            // A (timestamp, sign) pair is only accepted within the clock window of its
+            // timestamp, and DingTalk's redeliveries carry the same msgId within minutes:
+            // remembering both for one window is enough.
+            dedupe: SeenSet::new(SEEN_CAPACITY, window_ms, 1),
+            replay: SeenSet::new(SEEN_CAPACITY, window_ms, dt.max_messages_per_signature),
             limiter: limiter.clone(),
             bot,
             client: client.clone(),
@@ -246,13 +245,18 @@ impl Application {
         }
         let server = server.run();
 
-        // Learn openConversationIds of [[groups]] without one; evict idle groups.
+        // Learn openConversationIds of [[groups]] without one; evict idle groups and
+        // expired dedupe/replay entries.
+        let sweep_state = state.clone();
         let background = tokio::spawn(async move {
             groups.resolve_pending(&client).await;
             let mut tick = tokio::time::interval(Duration::from_secs(30));
             loop {
                 tick.tick().await;
                 limiter.evict_idle();
+                let now = crate::http::callback::now_ms();
+                sweep_state.dedupe.sweep(now);
+                sweep_state.replay.sweep(now);
                 crate::telemetry::tracked_groups(limiter.tracked_groups());
             }
         });

@@ -139,6 +139,30 @@ pub fn clock_skew(skew_ms: i64) {
     gauge!("dingbot_clock_skew_seconds").set(skew_ms as f64 / 1000.0);
 }
 
+/// Refusal log lines allowed per second; the rest are counted and summarised.
+const REFUSAL_LOGS_PER_SECOND: u64 = 20;
+static REFUSAL_SECOND: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static REFUSAL_COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Whether this refusal may be logged: at most 20 a second, so a flood of forged
+/// callbacks cannot turn into a flood of log lines (metrics still count every one).
+/// Returns the number of refusals not logged in the previous second, once.
+pub fn refusal_log_budget() -> (bool, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let previous = REFUSAL_SECOND.swap(second, Relaxed);
+    let mut suppressed = 0;
+    if previous != second {
+        let count = REFUSAL_COUNT.swap(0, Relaxed);
+        suppressed = count.saturating_sub(REFUSAL_LOGS_PER_SECOND);
+    }
+    let n = REFUSAL_COUNT.fetch_add(1, Relaxed);
+    (n < REFUSAL_LOGS_PER_SECOND, suppressed)
+}
+
 /// Sets up `tracing`: `RUST_LOG`-style filter (default `info`), human or JSON lines.
 pub fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;

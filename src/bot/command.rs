@@ -11,6 +11,9 @@ pub enum Command {
     Info,
     /// `/help`, `帮助`, or nothing after the mention.
     Help,
+    /// `/bind <chatid>`, `绑定 <chatid>`: attach the group's chatid. Holds the next word (at
+    /// most [`MAX_CHATID_WORD`] characters; empty when none was given).
+    Bind(String),
     /// Anything else; holds the first word (at most 32 characters) to quote back.
     Unknown(String),
 }
@@ -21,6 +24,7 @@ impl Command {
         match self {
             Command::Info => "info",
             Command::Help => "help",
+            Command::Bind(_) => "bind",
             Command::Unknown(_) => "unknown",
         }
     }
@@ -28,6 +32,10 @@ impl Command {
 
 /// Longest word quoted back in the "unknown command" reply.
 const MAX_QUOTED: usize = 32;
+
+/// Longest argument kept for `/bind` (longer than any chatid, so an overlong one is still
+/// recognisable as invalid).
+pub const MAX_CHATID_WORD: usize = 129;
 
 /// Parses the text of a message.
 pub fn parse(text: &str) -> Command {
@@ -46,6 +54,12 @@ pub fn parse(text: &str) -> Command {
     match word.as_str() {
         "/info" | "群信息" | "/群信息" => Command::Info,
         "/help" | "帮助" | "/帮助" | "/?" | "?" | "？" => Command::Help,
+        "/bind" | "绑定" | "/绑定" => Command::Bind(
+            words
+                .next()
+                .map(|w| w.chars().take(MAX_CHATID_WORD).collect())
+                .unwrap_or_default(),
+        ),
         _ => Command::Unknown(first.chars().take(MAX_QUOTED).collect()),
     }
 }
@@ -71,6 +85,17 @@ mod tests {
             parse("/information"),
             Command::Unknown("/information".into())
         );
+        assert_eq!(
+            parse("/bind chatbound0001"),
+            Command::Bind("chatbound0001".into())
+        );
+        assert_eq!(
+            parse("@张三 ／BIND  chatX  extra"),
+            Command::Bind("chatX".into())
+        );
+        assert_eq!(parse("绑定 chatY"), Command::Bind("chatY".into()));
+        assert_eq!(parse("/bind"), Command::Bind(String::new()));
+        assert_eq!(parse("/binding"), Command::Unknown("/binding".into()));
     }
 
     #[test]
@@ -94,10 +119,23 @@ mod tests {
 
         #[test]
         fn any_text_parses_without_panicking(text in ".{0,200}") {
-            if let Command::Unknown(word) = parse(&text) {
-                proptest::prop_assert!(word.chars().count() <= MAX_QUOTED);
-                proptest::prop_assert!(!word.is_empty());
+            match parse(&text) {
+                Command::Unknown(word) => {
+                    proptest::prop_assert!(word.chars().count() <= MAX_QUOTED);
+                    proptest::prop_assert!(!word.is_empty());
+                }
+                Command::Bind(arg) => {
+                    proptest::prop_assert!(arg.chars().count() <= MAX_CHATID_WORD);
+                    proptest::prop_assert!(!arg.chars().any(char::is_whitespace));
+                }
+                Command::Info | Command::Help => {}
             }
+        }
+
+        #[test]
+        fn bind_keeps_its_argument(chatid in "chat[0-9a-f]{1,40}", pad in "[ \t]{1,3}") {
+            let text = format!("{pad}/bind{pad}{chatid}{pad}");
+            proptest::prop_assert_eq!(parse(&text), Command::Bind(chatid));
         }
     }
 }

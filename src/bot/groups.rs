@@ -1,6 +1,6 @@
 //! Which legacy `chatid` belongs to a callback's `conversationId`.
 //!
-//! Filled from `[[groups]]`. Entries without `open_conversation_id` are resolved with
+//! Filled from `[[groups]]`, then from the bindings stored by `/bind`. Entries without `open_conversation_id` are resolved with
 //! DingTalk's conversion API: at startup, and again (at most once a minute) when a
 //! callback arrives from a group we cannot place, so a transient failure at startup heals.
 
@@ -38,6 +38,25 @@ impl GroupDirectory {
         }
         dir.pending.try_lock().map(|mut p| p.0 = pending).ok();
         dir
+    }
+
+    /// Records a verified pair (from `/bind`), replacing what was known for the group.
+    pub fn bind(&self, conversation_id: &str, chatid: &str) {
+        self.by_conversation
+            .insert(conversation_id.to_string(), chatid.to_string());
+    }
+
+    /// Records a stored pair unless the configuration already places the group
+    /// (`[[groups]]` wins over stored bindings).
+    pub fn add_stored(&self, conversation_id: &str, chatid: &str) {
+        self.by_conversation
+            .entry(conversation_id.to_string())
+            .or_insert_with(|| chatid.to_string());
+    }
+
+    /// The chatid of `conversation_id` if it is known, without asking DingTalk.
+    pub fn known_chatid(&self, conversation_id: &str) -> Option<String> {
+        self.by_conversation.get(conversation_id).map(|c| c.clone())
     }
 
     /// Number of known pairs.

@@ -3,20 +3,57 @@
 //! [`Bot::respond`] turns a [`Callback`] into a [`Rendered`] reply; it calls DingTalk
 //! through [`DingTalkClient`] but knows nothing about HTTP servers, signatures or limits.
 //! Every failure becomes a specific reply, never a raw error code alone.
+//!
+//! `/info` asks the [`resolver`] chain and shows what is known, saying plainly what is not
+//! and why; `/bind <chatid>` lets a group admin attach a verified chatid to the group (kept
+//! in the [`crate::store`]) so that `chat/get` can answer from then on.
 
 pub mod command;
 pub mod groups;
+pub mod resolver;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::dingtalk::{ApiError, Body, Callback, ChatInfo, ConversationKind, DingTalkClient};
+use crate::config::{InfoSource, Settings};
+use crate::dingtalk::{ApiError, Body, Callback, ConversationKind, DingTalkClient};
 use crate::render::{Rendered, Renderer, Template};
+use crate::store::{Binding, BindingStore};
 use crate::telemetry;
 pub use command::Command;
 pub use groups::GroupDirectory;
+pub use resolver::{Field, GroupSummary, Missing, Resolver};
+
+/// How the bot behaves, from the settings.
+#[derive(Debug, Clone)]
+pub struct BotOptions {
+    /// Longest time `/info` (and `/bind`'s check) may spend on DingTalk.
+    pub lookup_deadline: Duration,
+    /// How long a group's summary is reused; zero disables the cache.
+    pub info_ttl: Duration,
+    /// `group_info.sources`.
+    pub sources: Vec<InfoSource>,
+    /// `group_info.denied_backoff_secs`.
+    pub denied_backoff: Duration,
+    /// `bot.admin_user_ids`.
+    pub admin_user_ids: Vec<String>,
+}
+
+impl BotOptions {
+    /// The options `settings` ask for; `/info` gives up after twice the request timeout.
+    pub fn from_settings(settings: &Settings) -> BotOptions {
+        BotOptions {
+            lookup_deadline: Duration::from_millis(settings.dingtalk.request_timeout_ms)
+                .mul_f64(2.0),
+            info_ttl: Duration::from_secs(settings.bot.info_cache_ttl_secs),
+            sources: settings.group_info.sources.clone(),
+            denied_backoff: Duration::from_secs(settings.group_info.denied_backoff_secs),
+            admin_user_ids: settings.bot.admin_user_ids.clone(),
+        }
+    }
+}
 
 /// The robot.
 pub struct Bot {
@@ -28,8 +65,15 @@ pub struct Bot {
     groups: Arc<GroupDirectory>,
     /// Longest time `/info` may spend on DingTalk before answering "slow".
     lookup_deadline: Duration,
-    /// chatid → group info, shared by concurrent lookups (single flight); None = disabled.
-    info_cache: Option<moka::future::Cache<String, Arc<ChatInfo>>>,
+    /// The chain of group-info sources.
+    resolver: Resolver,
+    /// `/bind` bindings on disk.
+    store: Arc<BindingStore>,
+    /// Userids allowed to `/bind` besides DingTalk's group admins.
+    admin_user_ids: Vec<String>,
+    /// openConversationId → merged summary, shared by concurrent lookups (single flight);
+    /// None = disabled.
+    info_cache: Option<moka::future::Cache<String, Arc<GroupSummary>>>,
 }
 
 impl std::fmt::Debug for Bot {
@@ -38,12 +82,24 @@ impl std::fmt::Debug for Bot {
     }
 }
 
-/// Context of `info.md.j2`.
+/// Context of `info.md.j2`: each field is either known or comes with the reasons it is not.
 #[derive(Debug, Serialize)]
 struct InfoView<'a> {
-    name: &'a str,
-    owner: &'a str,
-    member_count: usize,
+    /// Group name (nearly always known: the callback carries it in groups).
+    name: Option<&'a str>,
+    name_why: Vec<Missing>,
+    /// Owner's display name, else userid; None when unknown.
+    owner: Option<&'a str>,
+    /// Owner's userid.
+    owner_userid: Option<&'a str>,
+    /// Why only the userid is shown.
+    owner_name_why: Option<&'a Missing>,
+    owner_why: Vec<Missing>,
+    member_count: Option<usize>,
+    member_count_why: Vec<Missing>,
+    /// Whether the settings are known (then the six below are Some unless DingTalk omitted one).
+    flags_known: bool,
+    flags_why: Vec<Missing>,
     dissolved: bool,
     muted: Option<bool>,
     searchable: Option<bool>,
@@ -51,24 +107,99 @@ struct InfoView<'a> {
     mention_all_admins_only: Option<bool>,
     management_admins_only: Option<bool>,
     new_members_see_history: Option<bool>,
+    /// Suggest `/bind`: a chatid would give the full summary.
+    bind_hint: bool,
+    /// Permissions whose absence cost a field, to name in the admin's to-do line.
+    denied_scopes: Vec<String>,
+}
+
+/// The distinct permission scopes among `reasons`.
+fn denied_scopes<'a>(reasons: impl IntoIterator<Item = &'a Missing>) -> Vec<String> {
+    let mut scopes: Vec<String> = Vec::new();
+    for m in reasons {
+        if let Missing::Denied { scope, .. } = m
+            && !scopes.contains(scope)
+        {
+            scopes.push(scope.clone());
+        }
+    }
+    scopes
 }
 
 impl<'a> InfoView<'a> {
-    fn from_chat(c: &'a ChatInfo) -> InfoView<'a> {
-        let flag = |v: Option<i64>| v.map(|v| v == 1);
+    fn from_summary(s: &'a GroupSummary) -> InfoView<'a> {
+        let why = |f: Field| if s.has(f) { Vec::new() } else { s.why(f) };
+        let flags = s.flags.clone().unwrap_or_default();
+        let name_why = why(Field::Name);
+        let owner_why = why(Field::Owner);
+        let member_count_why = why(Field::MemberCount);
+        let flags_why = why(Field::Flags);
+        let owner_name_why = s
+            .owner_name_missing
+            .as_ref()
+            .filter(|_| s.owner_name.is_none());
+        let denied_scopes = denied_scopes(
+            name_why
+                .iter()
+                .chain(&owner_why)
+                .chain(&member_count_why)
+                .chain(&flags_why)
+                .chain(owner_name_why),
+        );
         InfoView {
-            name: &c.name,
-            owner: &c.owner,
-            member_count: c.useridlist.len(),
-            dissolved: c.status == Some(2),
-            muted: flag(c.chat_banned_type),
-            searchable: flag(c.searchable),
-            join_needs_approval: flag(c.validation_type),
-            mention_all_admins_only: flag(c.mention_all_authority),
-            management_admins_only: flag(c.management_type),
-            new_members_see_history: flag(c.show_history_type),
+            name: s.name.as_deref(),
+            name_why,
+            owner: s.owner_name.as_deref().or(s.owner.as_deref()),
+            owner_userid: s.owner.as_deref(),
+            owner_name_why,
+            owner_why,
+            member_count: s.member_count,
+            member_count_why,
+            flags_known: s.flags.is_some(),
+            flags_why,
+            dissolved: s.dissolved,
+            muted: flags.muted,
+            searchable: flags.searchable,
+            join_needs_approval: flags.join_needs_approval,
+            mention_all_admins_only: flags.mention_all_admins_only,
+            management_admins_only: flags.management_admins_only,
+            new_members_see_history: flags.new_members_see_history,
+            bind_hint: s.needs_chatid() && !s.is_complete(),
+            denied_scopes,
         }
     }
+}
+
+/// Context of `unbound.md.j2`: nothing at all is known about the group.
+#[derive(Debug, Serialize)]
+struct UnboundView<'a> {
+    title: Option<&'a str>,
+    conversation_id: &'a str,
+    reasons: Vec<Missing>,
+    denied_scopes: Vec<String>,
+}
+
+/// Context of `bind.md.j2`.
+#[derive(Debug, Serialize)]
+struct BindView<'a> {
+    /// `ok`, `usage`, `invalid`, `group_only`, `not_allowed`, `unknown_chatid`,
+    /// `other_group`, `conversion_failed`, `store_failed`.
+    outcome: &'static str,
+    chatid: &'a str,
+    /// Why the conversion failed (`conversion_failed`).
+    error: Option<ErrorView>,
+}
+
+/// Longest chatid `/bind` accepts.
+const MAX_CHATID: usize = 128;
+
+/// A chatid as DingTalk writes them: `chat` and hex, in practice; be a little lenient.
+fn plausible_chatid(chatid: &str) -> bool {
+    !chatid.is_empty()
+        && chatid.len() <= MAX_CHATID
+        && chatid
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '=' | '+' | '.'))
 }
 
 /// Context of `info_error.md.j2`.
@@ -86,6 +217,16 @@ pub struct ErrorView {
 }
 
 impl ErrorView {
+    /// DingTalk did not answer within the lookup deadline.
+    pub fn slow() -> ErrorView {
+        ErrorView {
+            kind: "slow",
+            errcode: None,
+            errmsg: None,
+            scope: None,
+        }
+    }
+
     /// Classifies an API failure for the user.
     pub fn from_api(e: &ApiError) -> ErrorView {
         let mut view = ErrorView {
@@ -146,44 +287,67 @@ impl ErrorView {
 }
 
 impl Bot {
-    /// A bot answering with `renderer`, looking groups up through `client`.
-    /// `info_ttl` of zero disables the group-info cache.
+    /// A bot answering with `renderer`, looking groups up through `client`; the bindings
+    /// in `store` join the configured ones (`[[groups]]` wins for a group in both).
     pub fn new(
         client: Arc<DingTalkClient>,
         renderer: Renderer,
         groups: Arc<GroupDirectory>,
-        lookup_deadline: Duration,
-        info_ttl: Duration,
+        store: Arc<BindingStore>,
+        options: BotOptions,
     ) -> Bot {
-        let info_cache = (!info_ttl.is_zero()).then(|| {
+        for (cid, binding) in store.all() {
+            groups.add_stored(&cid, &binding.chatid);
+        }
+        let info_cache = (!options.info_ttl.is_zero()).then(|| {
             moka::future::Cache::builder()
                 .max_capacity(100_000)
-                .time_to_live(info_ttl)
+                .time_to_live(options.info_ttl)
                 .build()
         });
+        let resolver = Resolver::new(
+            client.clone(),
+            groups.clone(),
+            options.sources,
+            options.denied_backoff,
+        );
         Bot {
             client,
             renderer,
             groups,
-            lookup_deadline,
+            lookup_deadline: options.lookup_deadline,
+            resolver,
+            store,
+            admin_user_ids: options.admin_user_ids,
             info_cache,
         }
     }
 
-    /// Group info for `chatid`: from the cache, or one `chat/get` shared by every
+    /// The summary of a group: from the cache, or one resolver run shared by every
     /// concurrent caller. Failures are not cached.
-    async fn chat_info(&self, chatid: &str) -> Result<Arc<ChatInfo>, ApiError> {
+    async fn summary(
+        &self,
+        conversation_id: &str,
+        title: Option<&str>,
+    ) -> Result<Arc<GroupSummary>, ApiError> {
         let Some(cache) = &self.info_cache else {
-            return self.client.chat_get(chatid).await.map(Arc::new);
+            return self
+                .resolver
+                .resolve(conversation_id, title)
+                .await
+                .map(Arc::new);
         };
-        if let Some(hit) = cache.get(chatid).await {
+        if let Some(hit) = cache.get(conversation_id).await {
             telemetry::cache("group_info", true);
             return Ok(hit);
         }
         telemetry::cache("group_info", false);
         cache
-            .try_get_with_by_ref(chatid, async {
-                self.client.chat_get(chatid).await.map(Arc::new)
+            .try_get_with_by_ref(conversation_id, async {
+                self.resolver
+                    .resolve(conversation_id, title)
+                    .await
+                    .map(Arc::new)
             })
             .await
             .map_err(|e| (*e).clone())
@@ -214,6 +378,7 @@ impl Bot {
                 ConversationKind::OneToOne => self.renderer.render(Template::PrivateOnly, &()),
                 ConversationKind::Group => self.info(cb).await,
             },
+            Command::Bind(chatid) => self.bind(cb, &chatid).await,
         }
     }
 
@@ -226,29 +391,27 @@ impl Bot {
     }
 
     async fn info(&self, cb: &Callback) -> Rendered {
-        let Some(chatid) = self
-            .groups
-            .chatid_for(&cb.conversation_id, &self.client)
-            .await
-        else {
-            #[derive(Serialize)]
-            struct UnboundView<'a> {
-                title: Option<&'a str>,
-                conversation_id: &'a str,
-            }
-            return self.renderer.render(
-                Template::Unbound,
-                &UnboundView {
-                    title: cb.conversation_title.as_deref(),
-                    conversation_id: &cb.conversation_id,
-                },
-            );
-        };
-        let lookup = tokio::time::timeout(self.lookup_deadline, self.chat_info(&chatid));
+        let lookup = tokio::time::timeout(
+            self.lookup_deadline,
+            self.summary(&cb.conversation_id, cb.conversation_title.as_deref()),
+        );
         match lookup.await {
-            Ok(Ok(chat)) => self
+            Ok(Ok(summary)) if summary.is_empty() => {
+                let reasons = summary.why(Field::Name);
+                let denied_scopes = denied_scopes(&reasons);
+                self.renderer.render(
+                    Template::Unbound,
+                    &UnboundView {
+                        title: cb.conversation_title.as_deref(),
+                        conversation_id: &cb.conversation_id,
+                        reasons,
+                        denied_scopes,
+                    },
+                )
+            }
+            Ok(Ok(summary)) => self
                 .renderer
-                .render(Template::Info, &InfoView::from_chat(&chat)),
+                .render(Template::Info, &InfoView::from_summary(&summary)),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "group lookup failed");
                 self.renderer
@@ -256,14 +419,85 @@ impl Bot {
             }
             Err(_) => {
                 tracing::warn!("group lookup hit its deadline");
-                let view = ErrorView {
-                    kind: "slow",
-                    errcode: None,
-                    errmsg: None,
-                    scope: None,
-                };
-                self.renderer.render(Template::InfoError, &view)
+                self.renderer
+                    .render(Template::InfoError, &ErrorView::slow())
             }
         }
+    }
+
+    /// `/bind <chatid>`: an admin attaches the group's chatid, verified with DingTalk's
+    /// conversion API to belong to *this* group, then stored so `chat/get` can answer.
+    async fn bind(&self, cb: &Callback, chatid: &str) -> Rendered {
+        let reply = |outcome: &'static str, error: Option<ErrorView>| {
+            self.renderer.render(
+                Template::Bind,
+                &BindView {
+                    outcome,
+                    chatid,
+                    error,
+                },
+            )
+        };
+        if cb.kind == ConversationKind::OneToOne {
+            return reply("group_only", None);
+        }
+        if chatid.is_empty() {
+            return reply("usage", None);
+        }
+        if !plausible_chatid(chatid) {
+            return reply("invalid", None);
+        }
+        let listed = cb
+            .sender_staff_id
+            .as_ref()
+            .is_some_and(|id| self.admin_user_ids.contains(id));
+        if !(cb.is_admin || listed) {
+            tracing::info!("bind refused: sender is not an admin");
+            return reply("not_allowed", None);
+        }
+        let check = tokio::time::timeout(
+            self.lookup_deadline,
+            self.client.convert_to_open_conversation_id(chatid),
+        );
+        let cid = match check.await {
+            Ok(Ok(cid)) => cid,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "bind: chatid conversion failed");
+                let unknown = match &e {
+                    ApiError::Http { status, .. } => {
+                        matches!(status, 400 | 404) && !e.is_permission_denied()
+                    }
+                    ApiError::DingTalk { errcode, .. } => *errcode == 40016,
+                    _ => false,
+                };
+                if unknown {
+                    return reply("unknown_chatid", None);
+                }
+                return reply("conversion_failed", Some(ErrorView::from_api(&e)));
+            }
+            Err(_) => return reply("conversion_failed", Some(ErrorView::slow())),
+        };
+        if cid != cb.conversation_id {
+            tracing::info!("bind refused: the chatid belongs to another group");
+            return reply("other_group", None);
+        }
+        let binding = Binding {
+            chatid: chatid.to_string(),
+            bound_by: cb.sender_staff_id.clone(),
+            bound_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        };
+        if let Err(e) = self.store.put(&cid, binding).await {
+            tracing::error!(error = %e, "bind: cannot store the binding");
+            return reply("store_failed", None);
+        }
+        self.groups.bind(&cid, chatid);
+        self.resolver.forget_refusals(&cid);
+        if let Some(cache) = &self.info_cache {
+            cache.invalidate(&cid).await;
+        }
+        tracing::info!(conversation_id = %cid, "group bound");
+        reply("ok", None)
     }
 }

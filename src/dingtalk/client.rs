@@ -1,5 +1,5 @@
-//! The DingTalk server-API client: access token, `chat/get`, chatid conversion, and
-//! posting replies to a sessionWebhook.
+//! The DingTalk server-API client: access token, `chat/get`, chatid conversion, scene-group
+//! and base-info lookups, user names, and posting replies to a sessionWebhook.
 //!
 //! One pooled `reqwest::Client` serves every call. Every call has a timeout; retryable
 //! failures ([`ApiError::is_transient`]) are retried with exponential backoff and jitter
@@ -66,6 +66,46 @@ pub struct ChatInfo {
     pub status: Option<i64>,
 }
 
+/// `result` of `topapi/im/chat/scenegroup/get` (protocol doc §6.2): a scene group of this app.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct SceneGroupInfo {
+    /// Group title.
+    pub title: String,
+    /// Owner's userid.
+    pub owner_staff_id: String,
+    /// The group's policy flags.
+    pub management_options: ManagementOptions,
+}
+
+/// `management_options` of a scene group (same meanings as the `chat/get` flags).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct ManagementOptions {
+    /// 0 normal, 1 everyone muted.
+    pub chat_banned_type: Option<i64>,
+    /// 0/1: the group can be found by search.
+    pub searchable: Option<i64>,
+    /// 0/1: joining needs approval.
+    pub validation_type: Option<i64>,
+    /// 0 everyone, 1 only owner/admins may @all.
+    pub mention_all_authority: Option<i64>,
+    /// 0 everyone, 1 only owner/admins manage the group.
+    pub management_type: Option<i64>,
+    /// 0/1: new members see the history.
+    pub show_history_type: Option<i64>,
+}
+
+/// `result` of `POST /v1.0/im/groups/baseInfos/query` (protocol doc §6.2).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct GroupBaseInfo {
+    /// Group title.
+    pub title: String,
+    /// Number of members, when DingTalk says.
+    pub member_count: Option<u64>,
+}
+
 /// A cached access token.
 #[derive(Debug, Clone)]
 struct Token {
@@ -108,7 +148,6 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error>
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(3)))
         .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
         .user_agent(concat!("dingbot/", env!("CARGO_PKG_VERSION")))
         .build()
@@ -253,6 +292,87 @@ impl DingTalkClient {
             })
             .await?;
         Ok(answer.open_conversation_id)
+    }
+
+    /// `POST {oapi}/topapi/im/chat/scenegroup/get?access_token=…` with
+    /// `{"open_conversation_id"}`: title, owner and flags of a scene group of this app.
+    /// DingTalk answers 400020 (or 40035) for a group that is not one.
+    pub async fn scene_group_get(
+        &self,
+        open_conversation_id: &str,
+    ) -> Result<SceneGroupInfo, ApiError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            #[serde(default)]
+            result: SceneGroupInfo,
+        }
+        let body = serde_json::json!({ "open_conversation_id": open_conversation_id });
+        let answer: Answer = self
+            .with_token("scenegroup/get", |token| {
+                let url = format!("{}/topapi/im/chat/scenegroup/get", self.oapi);
+                let req = self
+                    .http
+                    .post(url)
+                    .query(&[("access_token", token)])
+                    .json(&body);
+                self.send_oapi("scenegroup/get", req)
+            })
+            .await?;
+        Ok(answer.result)
+    }
+
+    /// `POST {api}/v1.0/im/groups/baseInfos/query` with `{"openConversationId"}`: title and
+    /// member count of any group the app can see.
+    pub async fn group_base_info(
+        &self,
+        open_conversation_id: &str,
+    ) -> Result<GroupBaseInfo, ApiError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            #[serde(default)]
+            result: GroupBaseInfo,
+        }
+        let url = format!("{}/v1.0/im/groups/baseInfos/query", self.api);
+        let body = serde_json::json!({ "openConversationId": open_conversation_id });
+        let answer: Answer = self
+            .with_token("baseInfos/query", |token| {
+                let req = self
+                    .http
+                    .post(url.as_str())
+                    .header("x-acs-dingtalk-access-token", token)
+                    .json(&body);
+                self.send_api("baseInfos/query", req)
+            })
+            .await?;
+        Ok(answer.result)
+    }
+
+    /// `POST {oapi}/topapi/v2/user/get?access_token=…` with `{"userid"}`: the user's display
+    /// name (`result.name`).
+    pub async fn user_name(&self, userid: &str) -> Result<String, ApiError> {
+        #[derive(Deserialize, Default)]
+        struct User {
+            #[serde(default)]
+            name: String,
+        }
+        #[derive(Deserialize)]
+        struct Answer {
+            #[serde(default)]
+            result: User,
+        }
+        let body = serde_json::json!({ "userid": userid });
+        let answer: Answer = self
+            .with_token("user/get", |token| {
+                let url = format!("{}/topapi/v2/user/get", self.oapi);
+                let req = self
+                    .http
+                    .post(url)
+                    .query(&[("access_token", token)])
+                    .json(&body);
+                self.send_oapi("user/get", req)
+            })
+            .await?;
+        Ok(answer.result.name)
     }
 
     /// POSTs a reply to a sessionWebhook (already checked against the allow-list).

@@ -5,8 +5,6 @@
 //! refused; the reply is sent by a tracked background task so the HTTP answer is prompt and
 //! graceful shutdown can wait for it.
 
-use std::hash::BuildHasher;
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -19,6 +17,7 @@ use super::error::Rejection;
 use crate::dingtalk::outbound::markdown_message;
 use crate::dingtalk::{ApiError, Callback, RobotMessage};
 use crate::ratelimit::Decision;
+use crate::seen::Seen;
 use crate::render::{Rendered, Template, escape_markdown};
 use crate::startup::AppState;
 use crate::telemetry::{self, Outcome};
@@ -34,12 +33,14 @@ pub fn now_ms() -> i64 {
 /// The handler.
 pub async fn callback(
     req: HttpRequest,
-    payload: web::Payload,
+    mut payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let request_id = state.next_request_id();
     let span = tracing::info_span!("callback", request_id);
-    let result = handle(&req, payload, &state).instrument(span.clone()).await;
+    let result = handle(&req, &mut payload, &state)
+        .instrument(span.clone())
+        .await;
     match result {
         Ok((response, outcome)) => {
             telemetry::callback(outcome);
@@ -47,14 +48,44 @@ pub async fn callback(
         }
         Err(rejection) => {
             telemetry::callback(rejection.outcome());
-            span.in_scope(|| {
-                tracing::warn!(
-                    status = rejection.status().as_u16(),
-                    reason = %rejection,
-                    "callback refused"
-                )
-            });
+            let (log_this, suppressed) = telemetry::refusal_log_budget();
+            if suppressed > 0 {
+                tracing::warn!(suppressed, "more callbacks were refused than logged");
+            }
+            if log_this {
+                span.in_scope(|| {
+                    tracing::warn!(
+                        status = rejection.status().as_u16(),
+                        reason = %rejection,
+                        "callback refused"
+                    )
+                });
+            }
+            if matches!(rejection, Rejection::Signature(_) | Rejection::Overloaded) {
+                discard_small_body(&req, &mut payload, state.body_limit).await;
+            }
             rejection.response()
+        }
+    }
+}
+
+/// Reads and drops an unread body whose declared size is within the limit, so the
+/// connection can be kept alive; larger or undeclared bodies are left unread (actix then
+/// closes the connection).
+async fn discard_small_body(req: &HttpRequest, payload: &mut web::Payload, limit: usize) {
+    let declared = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if !declared.is_some_and(|len| len <= limit) {
+        return;
+    }
+    let mut seen = 0usize;
+    while let Some(Ok(chunk)) = payload.next().await {
+        seen += chunk.len();
+        if seen > limit {
+            return;
         }
     }
 }
@@ -71,7 +102,7 @@ fn single_header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a [u8]> {
 
 async fn handle(
     req: &HttpRequest,
-    mut payload: web::Payload,
+    payload: &mut web::Payload,
     state: &AppState,
 ) -> Result<(HttpResponse, Outcome), Rejection> {
     let permit = state
@@ -145,36 +176,30 @@ async fn handle(
         .map_err(Rejection::Webhook)?;
 
     // 4. Replay defence: a (timestamp, sign) pair carries at most N distinct messages.
-    let fingerprint = state.hasher.hash_one((&cb.msg_id, &body[..]));
-    let replay_key = (
-        verified.timestamp_ms,
-        sign.map(<[u8]>::to_vec).unwrap_or_default(),
-    );
-    let seen = state
-        .replay
-        .get_with(replay_key, || Arc::new(std::sync::Mutex::new(Vec::new())));
-    {
-        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-        if !seen.contains(&fingerprint) {
-            if seen.len() >= state.max_messages_per_signature {
-                return Err(Rejection::Replayed);
-            }
-            seen.push(fingerprint);
-        }
+    let fingerprint = state.replay.hash((&cb.msg_id, &body[..]));
+    let replay_key = state.replay.hash((verified.timestamp_ms, sign));
+    match state.replay.record(replay_key, fingerprint, now) {
+        Seen::New | Seen::Again => {}
+        Seen::Exhausted => return Err(Rejection::Replayed),
+        Seen::Full => return Err(Rejection::Overloaded),
     }
 
     // 5. Dedupe by msgId.
-    let first_time = state
-        .dedupe
-        .entry(Arc::<str>::from(cb.msg_id.as_str()))
-        .or_insert(())
-        .is_fresh();
-    if !first_time {
-        tracing::info!("duplicate msgId; already handled");
-        return Ok((
-            HttpResponse::Ok().json(serde_json::json!({"status": "duplicate"})),
-            Outcome::Duplicate,
-        ));
+    let msg_key = state.dedupe.hash(&cb.msg_id);
+    match state.dedupe.record(msg_key, 0, now) {
+        Seen::New => {}
+        Seen::Again | Seen::Exhausted => {
+            tracing::debug!("duplicate msgId; already handled");
+            return Ok((
+                HttpResponse::Ok().json(serde_json::json!({"status": "duplicate"})),
+                Outcome::Duplicate,
+            ));
+        }
+        Seen::Full => {
+            // Nothing of this request may stay recorded.
+            state.replay.forget(replay_key);
+            return Err(Rejection::Overloaded);
+        }
     }
 
     // 6. Per-group budget.

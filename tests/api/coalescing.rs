@@ -71,28 +71,24 @@ open_conversation_id = "{BOUND}"
         )
     })
     .await;
+    // A failure that fails the whole lookup (a permission refusal does not: it is a
+    // remembered answer of one source, see tests/api/groups.rs).
     app.sandbox.inject(
         Endpoint::ChatGet,
         dingbot::sandbox::Fault::ErrCode {
-            errcode: 43007,
-            errmsg: "没有调用权限".into(),
+            errcode: 70001,
+            errmsg: "企业不存在".into(),
             sub_code: None,
         },
         1,
     );
     let first = app.group_text(BOUND, "/info");
     app.send(&first).await.assert_accepted();
-    assert!(
-        app.replies(&first.session, 1).await[0]
-            .text()
-            .contains("qyapi_chat_read")
-    );
+    let text = app.replies(&first.session, 1).await[0].text();
+    assert!(text.contains("企业不存在"), "{text}");
     let second = app.group_text(BOUND, "/info");
     app.send(&second).await.assert_accepted();
-    assert!(
-        app.replies(&second.session, 1).await[0]
-            .text()
-            .contains("研发部全员群")
-    );
+    let text = app.replies(&second.session, 1).await[0].text();
+    assert!(text.contains("**成员数**：37 人"), "{text}");
     assert_eq!(app.sandbox.calls(Endpoint::ChatGet), 2);
 }

@@ -65,7 +65,7 @@ async fn reused_signature_with_another_body_is_a_replay() {
     answer.assert_refused(401, "replayed");
     app.assert_no_reply(&forged.session).await;
     assert_eq!(app.sandbox.calls(Endpoint::ChatGet), 0);
-    assert!(!app.state.dedupe.contains_key(forged.msg_id.as_str()));
+    assert!(!app.state.handled_msg_id(forged.msg_id.as_str()));
 
     // The same message, honestly signed, is still answered: nothing was recorded for it.
     app.send(&forged).await.assert_accepted();

@@ -106,13 +106,27 @@ pub struct TestApp {
     pub state: Data<AppState>,
     /// The task running `run_until_stopped`.
     pub server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// `storage.data_dir` (a fresh temp dir unless the test chose one), removed on drop.
+    pub data_dir: std::path::PathBuf,
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
         // Sends the stop command now; the future only waits for completion.
         let _completion = self.handle.stop(false);
+        if self.data_dir.starts_with(std::env::temp_dir()) {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
     }
+}
+
+/// A fresh, not yet existing directory under the system temp dir.
+pub fn temp_data_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "dingbot-api-{}-{}",
+        std::process::id(),
+        unique("data")
+    ))
 }
 
 /// A callback ready to be signed and sent, with the session its replies go to.
@@ -208,9 +222,20 @@ pub async fn spawn_app_from_toml(toml: impl FnOnce(&str) -> String) -> TestApp {
     launch(sandbox, org, &settings).await
 }
 
+/// Starts dingbot with `settings` in front of an already running `sandbox` (e.g. a second
+/// dingbot on the data dir of a first one, to test what survives a restart).
+pub async fn spawn_app_on(sandbox: Sandbox, settings: &Settings) -> TestApp {
+    launch(sandbox, Org::demo(), settings).await
+}
+
 async fn launch(sandbox: Sandbox, org: Org, settings: &Settings) -> TestApp {
     assert_eq!(settings.server.listen, "127.0.0.1:0");
-    let app = Application::build(settings).await.expect("dingbot starts");
+    let mut settings = settings.clone();
+    // The default data dir is relative to the working directory: keep tests out of the repo.
+    if settings.storage.data_dir == std::path::Path::new("./data") {
+        settings.storage.data_dir = temp_data_dir();
+    }
+    let app = Application::build(&settings).await.expect("dingbot starts");
     let port = app.port();
     let handle = app.handle();
     let state = app.state();
@@ -227,6 +252,7 @@ async fn launch(sandbox: Sandbox, org: Org, settings: &Settings) -> TestApp {
         handle,
         state,
         server: Some(server),
+        data_dir: settings.storage.data_dir.clone(),
     }
 }
 

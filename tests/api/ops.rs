@@ -488,7 +488,13 @@ impl Served {
         let port = free_port();
         config.listen = format!("127.0.0.1:{port}");
         let dir = TempDir::new("serve");
-        let path = dir.write("dingbot.toml", &config.toml());
+        // Keep the data dir (bindings.json) out of the working directory.
+        let toml = format!(
+            "{}\n[storage]\ndata_dir = '{}'\n",
+            config.toml(),
+            dir.path("data").display()
+        );
+        let path = dir.write("dingbot.toml", &toml);
         let mut child = ChildGuard::spawn(&["serve", "--config", path.to_str().expect("utf-8")]);
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))

@@ -36,7 +36,7 @@ async fn callbacks_beyond_capacity_are_shed_without_trace() {
     let answer = app.send(&shed).await;
     answer.assert_refused(503, "overloaded");
     app.assert_no_reply(&shed.session).await;
-    assert!(!app.state.dedupe.contains_key(shed.msg_id.as_str()));
+    assert!(!app.state.handled_msg_id(shed.msg_id.as_str()));
 
     // Once the slow reply is out, DingTalk's retry of the shed callback is answered.
     let text = app.reply_text(&busy.session).await;

@@ -34,7 +34,7 @@ async fn assert_refused_without_trace(
         "a refused callback caused a reply"
     );
     assert!(
-        !app.state.dedupe.contains_key(out.msg_id.as_str()),
+        !app.state.handled_msg_id(out.msg_id.as_str()),
         "a refused callback's msgId was recorded"
     );
     assert_eq!(

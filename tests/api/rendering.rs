@@ -24,13 +24,14 @@ fn assert_rendered_literally(text: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_group_title_in_unbound_reply_renders_literally() {
+async fn hostile_group_title_from_the_callback_renders_literally() {
     let app = spawn_app().await;
-    let out = app.group_text_titled(PLAIN, HOSTILE, "/info");
+    // Every API denies this group: the callback's title is all there is.
+    let out = app.group_text_titled("cidDenied001==", HOSTILE, "/info");
     app.send(&out).await.assert_accepted();
     let reply = app.replies(&out.session, 1).await.remove(0);
     let text = reply.text();
-    assert!(text.starts_with("#### 还不认识这个群："), "{text}");
+    assert!(text.starts_with("#### 群信息："), "{text}");
     assert_rendered_literally(&text);
     assert_eq!(
         text.lines().filter(|l| l.starts_with('#')).count(),

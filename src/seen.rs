@@ -1,0 +1,164 @@
+//! Bounded memory of recent callbacks: which msgIds were handled (dedupe) and which
+//! message each (timestamp, sign) pair carried (replay defence).
+//!
+//! Keys are 64-bit keyed hashes (random key per process), values a fingerprint of the
+//! message plus an expiry. Entries live for the signature window: after it, the same
+//! headers are refused as stale anyway. Memory is bounded by a capacity: when full (after
+//! dropping expired entries) new callbacks are refused with 503 instead of forgetting
+//! entries, which would reopen the replay window. Each entry costs a few dozen bytes.
+
+use std::hash::{BuildHasher, Hash, RandomState};
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+
+/// One remembered key.
+#[derive(Debug, Clone)]
+struct Slot {
+    /// When the entry may be forgotten, ms since the epoch.
+    expires_ms: i64,
+    /// Fingerprint of the first message seen under this key.
+    first: u64,
+    /// Fingerprints of further distinct messages (only when more than one is allowed).
+    more: Vec<u64>,
+}
+
+/// What [`SeenSet::record`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// First time: recorded.
+    New,
+    /// This exact message was recorded before.
+    Again,
+    /// Other messages already used every slot of this key.
+    Exhausted,
+    /// The set is full of live entries: nothing recorded.
+    Full,
+}
+
+/// A bounded, expiring map from key to up to `per_key` message fingerprints.
+#[derive(Debug)]
+pub struct SeenSet {
+    /// key hash → slot.
+    map: DashMap<u64, Slot>,
+    /// Keyed hasher for keys and fingerprints.
+    hasher: RandomState,
+    /// Most entries kept.
+    capacity: usize,
+    /// Lifetime of an entry in ms.
+    ttl_ms: i64,
+    /// Distinct messages allowed per key.
+    per_key: usize,
+}
+
+impl SeenSet {
+    /// A set of at most `capacity` keys living `ttl_ms`, each allowing `per_key` messages.
+    pub fn new(capacity: usize, ttl_ms: i64, per_key: usize) -> SeenSet {
+        SeenSet {
+            map: DashMap::new(),
+            hasher: RandomState::new(),
+            capacity,
+            ttl_ms,
+            per_key: per_key.max(1),
+        }
+    }
+
+    /// Hashes anything with this set's key.
+    pub fn hash(&self, value: impl Hash) -> u64 {
+        self.hasher.hash_one(value)
+    }
+
+    /// Records `fingerprint` under `key` at `now_ms`.
+    pub fn record(&self, key: u64, fingerprint: u64, now_ms: i64) -> Seen {
+        if self.map.len() >= self.capacity && !self.map.contains_key(&key) {
+            self.sweep(now_ms);
+            if self.map.len() >= self.capacity {
+                return Seen::Full;
+            }
+        }
+        let fresh = Slot {
+            expires_ms: now_ms.saturating_add(self.ttl_ms),
+            first: fingerprint,
+            more: Vec::new(),
+        };
+        match self.map.entry(key) {
+            Entry::Vacant(v) => {
+                v.insert(fresh);
+                Seen::New
+            }
+            Entry::Occupied(mut o) => {
+                let slot = o.get_mut();
+                if slot.expires_ms <= now_ms {
+                    *slot = fresh;
+                    Seen::New
+                } else if slot.first == fingerprint || slot.more.contains(&fingerprint) {
+                    Seen::Again
+                } else if 1 + slot.more.len() < self.per_key {
+                    slot.more.push(fingerprint);
+                    Seen::New
+                } else {
+                    Seen::Exhausted
+                }
+            }
+        }
+    }
+
+    /// Forgets `key` (undo of a `record` whose request was refused later).
+    pub fn forget(&self, key: u64) {
+        self.map.remove(&key);
+    }
+
+    /// Drops expired entries.
+    pub fn sweep(&self, now_ms: i64) {
+        self.map.retain(|_, slot| slot.expires_ms > now_ms);
+    }
+
+    /// Live and not yet swept entries.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Whether `key` is remembered and unexpired at `now_ms`.
+    pub fn contains(&self, key: u64, now_ms: i64) -> bool {
+        self.map.get(&key).is_some_and(|s| s.expires_ms > now_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembers_until_expiry_and_compares_fingerprints() {
+        let s = SeenSet::new(10, 1_000, 1);
+        assert_eq!(s.record(1, 7, 0), Seen::New);
+        assert_eq!(s.record(1, 7, 500), Seen::Again);
+        assert_eq!(s.record(1, 8, 500), Seen::Exhausted);
+        assert_eq!(s.record(1, 8, 1_000), Seen::New);
+    }
+
+    #[test]
+    fn per_key_allows_that_many_distinct_messages() {
+        let s = SeenSet::new(10, 1_000, 2);
+        assert_eq!(s.record(1, 7, 0), Seen::New);
+        assert_eq!(s.record(1, 8, 0), Seen::New);
+        assert_eq!(s.record(1, 8, 0), Seen::Again);
+        assert_eq!(s.record(1, 9, 0), Seen::Exhausted);
+    }
+
+    #[test]
+    fn full_set_refuses_new_keys_until_entries_expire() {
+        let s = SeenSet::new(2, 1_000, 1);
+        assert_eq!(s.record(1, 1, 0), Seen::New);
+        assert_eq!(s.record(2, 2, 0), Seen::New);
+        assert_eq!(s.record(3, 3, 10), Seen::Full);
+        assert_eq!(s.record(1, 1, 10), Seen::Again);
+        assert_eq!(s.record(3, 3, 1_000), Seen::New);
+        assert_eq!(s.len(), 1);
+    }
+}
