@@ -91,11 +91,6 @@ fn verdict(result: anyhow::Result<bool>) -> ExitCode {
     }
 }
 
-/// mimalloc: fewer cycles per callback than the system allocator under many small,
-/// short-lived allocations (measured with bench/run.sh; see README › Performance).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
