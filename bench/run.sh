@@ -177,6 +177,9 @@ per_group_per_minute = 10000
 language = "zh"
 info_cache_ttl_secs = $2
 
+[storage]
+data_dir = "$WORK/data"
+
 [log]
 format = "text"
 EOF

@@ -6,7 +6,7 @@
 #
 # Environment overrides (defaults in brackets):
 #   SOAK_SECONDS [60]      duration of the load (1..600)
-#   SOAK_RATE [1500]       target requests per second (open loop)
+#   SOAK_RATE [2000]       target requests per second (open loop)
 #   SOAK_CONNS [32]        client connections (= most requests in flight)
 #   SOAK_GROUPS [3000]     groups the callbacks are spread over (cidGen0== …), ≤ 5000
 #   SOAK_FAULT_EVERY [2]   seconds between two chat/get faults queued on the sandbox
@@ -21,7 +21,7 @@ ROOT=$PWD
 BIN=$ROOT/target/release/dingbot
 
 SOAK_SECONDS=${SOAK_SECONDS:-60}
-SOAK_RATE=${SOAK_RATE:-1500}
+SOAK_RATE=${SOAK_RATE:-2000}
 SOAK_CONNS=${SOAK_CONNS:-32}
 SOAK_GROUPS=${SOAK_GROUPS:-3000}
 SOAK_FAULT_EVERY=${SOAK_FAULT_EVERY:-2}
@@ -58,8 +58,10 @@ WORK=$(mktemp -d /tmp/dingbot-soak.XXXXXX)
 SANDBOX_PID=""
 BOT_PID=""
 
-stop_pid() { # pid: TERM, wait up to 5 s, then KILL; prints the exit status
-    local pid=$1 i rc=0
+STOP_RC=0
+stop_pid() { # pid: TERM, wait up to 5 s, then KILL; sets STOP_RC to its exit status
+    local pid=$1 i
+    STOP_RC=0
     [[ -n $pid ]] || return 0
     if kill -0 "$pid" 2>/dev/null; then
         kill -TERM "$pid" 2>/dev/null || true
@@ -69,12 +71,12 @@ stop_pid() { # pid: TERM, wait up to 5 s, then KILL; prints the exit status
         done
         kill -KILL "$pid" 2>/dev/null || true
     fi
-    wait "$pid" 2>/dev/null || rc=$?
-    echo "$rc"
+    wait "$pid" 2>/dev/null || STOP_RC=$?
 }
+# shellcheck disable=SC2317  # invoked through the EXIT trap
 cleanup() {
-    [[ -z $BOT_PID ]] || stop_pid "$BOT_PID" >/dev/null
-    [[ -z $SANDBOX_PID ]] || stop_pid "$SANDBOX_PID" >/dev/null
+    stop_pid "$BOT_PID"
+    stop_pid "$SANDBOX_PID"
     if [[ $KEEP == 1 ]]; then log "work dir kept: $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -96,7 +98,7 @@ wait_http() { # url seconds: wait until it answers 200
 SANDBOX_PORT=$(free_port)
 SANDBOX_URL=http://127.0.0.1:$SANDBOX_PORT
 log "starting sandbox on $SANDBOX_URL ($SOAK_GROUPS generated groups)"
-"$BIN" sandbox --listen "127.0.0.1:$SANDBOX_PORT" --groups "$SOAK_GROUPS" --workers 1 \
+(cd "$WORK" && exec "$BIN" sandbox --listen "127.0.0.1:$SANDBOX_PORT" --groups "$SOAK_GROUPS" --workers 1) \
     >"$WORK/sandbox.log" 2>&1 &
 SANDBOX_PID=$!
 wait_http "$SANDBOX_URL/_sandbox/stats" 20 || {
@@ -139,7 +141,8 @@ EOF
     done
 } >"$WORK/dingbot.toml"
 log "starting dingbot on $BOT_URL"
-"$BIN" serve --config "$WORK/dingbot.toml" >"$WORK/dingbot.log" 2>&1 &
+# Run from the work dir: relative paths of the defaults (e.g. a data dir) land there.
+(cd "$WORK" && exec "$BIN" serve --config "$WORK/dingbot.toml") >"$WORK/dingbot.log" 2>&1 &
 BOT_PID=$!
 wait_http "$BOT_URL/healthz" 20 || {
     tail -20 "$WORK/dingbot.log" >&2
@@ -157,12 +160,12 @@ timeout $((SOAK_SECONDS + 120)) python3 "$ROOT/bench/soak_drive.py" \
     --fault-every "$SOAK_FAULT_EVERY" --seed "$SOAK_SEED" --json "$WORK/soak.json" || rc=$?
 
 # ---- graceful stop -------------------------------------------------------------------------
-BOT_RC=$(stop_pid "$BOT_PID")
+stop_pid "$BOT_PID"
 BOT_PID=""
-if [[ $BOT_RC == 0 ]]; then
-    echo "| dingbot stopped on SIGTERM | ok | exit status 0 |"
+if [[ $STOP_RC == 0 ]]; then
+    echo "| dingbot stops cleanly on SIGTERM | ok | exit status 0 |"
 else
-    echo "| dingbot stopped on SIGTERM | **FAIL** | exit status $BOT_RC |"
+    echo "| dingbot stops cleanly on SIGTERM | **FAIL** | exit status $STOP_RC |"
     ((rc != 0)) || rc=1
 fi
 if grep -q 'panicked' "$WORK/dingbot.log" "$WORK/sandbox.log"; then

@@ -107,10 +107,25 @@ pub async fn check(settings: &Settings, out: &mut impl Write) -> anyhow::Result<
             }
         }
     }
+    match crate::store::BindingStore::open(&settings.storage.data_dir) {
+        Ok(store) => writeln!(
+            out,
+            "  ok    data dir {}: {} group(s) bound with /bind",
+            settings.storage.data_dir.display(),
+            store.all().len()
+        )?,
+        Err(e) => {
+            ok = false;
+            writeln!(
+                out,
+                "  FAIL  data dir: {e}\n        fix: make storage.data_dir writable, or restore/remove the corrupt file"
+            )?;
+        }
+    }
     if settings.groups.is_empty() {
         writeln!(
             out,
-            "  note  no [[groups]] configured: /info will explain how to add a group's chatid"
+            "  note  no [[groups]] configured: /info uses the other group-info sources; group admins can /bind a chatid"
         )?;
     }
     for g in &settings.groups {

@@ -678,8 +678,8 @@ app_secret = "s3cret-value"
         assert_eq!(e.key, "group_info.sources");
         assert!(e.problem.contains("twice"), "{e}");
 
-        let e = Settings::from_toml_str(&format!("{MINIMAL}[group_info]\nsources = []\n"))
-            .unwrap_err();
+        let e =
+            Settings::from_toml_str(&format!("{MINIMAL}[group_info]\nsources = []\n")).unwrap_err();
         assert_eq!(e.key, "group_info.sources");
 
         let e = Settings::from_toml_str(&format!(
@@ -698,8 +698,8 @@ app_secret = "s3cret-value"
         assert_eq!(s.storage.data_dir, PathBuf::from("/var/lib/dingbot"));
         assert_eq!(s.bot.admin_user_ids, vec!["manager4220".to_string()]);
 
-        let e = Settings::from_toml_str(&format!("{MINIMAL}[storage]\ndata_dir = \"\"\n"))
-            .unwrap_err();
+        let e =
+            Settings::from_toml_str(&format!("{MINIMAL}[storage]\ndata_dir = \"\"\n")).unwrap_err();
         assert_eq!(e.key, "storage.data_dir");
         let e = Settings::from_toml_str(&format!("{MINIMAL}[bot]\nadmin_user_ids = [\" \"]\n"))
             .unwrap_err();

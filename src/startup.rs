@@ -18,8 +18,8 @@ use crate::config::{Settings, parse_base_url};
 use crate::dingtalk::client::http_client;
 use crate::dingtalk::{DingTalkClient, RetryPolicy, Verifier, WebhookPolicy};
 use crate::ratelimit::GroupLimiter;
-use crate::seen::SeenSet;
 use crate::render::Renderer;
+use crate::seen::SeenSet;
 use crate::store::BindingStore;
 
 /// Upper bound on remembered msgIds and on remembered signature pairs (each).
@@ -62,10 +62,8 @@ pub struct AppState {
 impl AppState {
     /// Whether a callback with this msgId was accepted within the window.
     pub fn handled_msg_id(&self, msg_id: &str) -> bool {
-        self.dedupe.contains(
-            self.dedupe.hash(msg_id),
-            crate::http::callback::now_ms(),
-        )
+        self.dedupe
+            .contains(self.dedupe.hash(msg_id), crate::http::callback::now_ms())
     }
 
     /// A new request id.
@@ -193,7 +191,8 @@ impl Application {
             store,
             BotOptions::from_settings(settings),
         ));
-        let window_ms = i64::try_from(dt.max_clock_skew_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let window_ms =
+            i64::try_from(dt.max_clock_skew_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
         let per_minute =
             NonZeroU32::new(settings.rate_limit.per_group_per_minute).unwrap_or(NonZeroU32::MIN);
         let limiter = Arc::new(GroupLimiter::new(per_minute));

@@ -199,7 +199,14 @@ impl Flags {
             return None;
         }
         let f = |v: Option<i64>| v.map(|v| v == 1);
-        let [muted, searchable, approval, mention_all, management, history] = codes;
+        let [
+            muted,
+            searchable,
+            approval,
+            mention_all,
+            management,
+            history,
+        ] = codes;
         Some(Flags {
             muted: f(muted),
             searchable: f(searchable),
@@ -665,7 +672,12 @@ mod tests {
         assert_eq!(
             classify(
                 BaseInfo,
-                &http("baseInfos/query", 403, "Forbidden.AccessDenied", &["qyapi_im_read"])
+                &http(
+                    "baseInfos/query",
+                    403,
+                    "Forbidden.AccessDenied",
+                    &["qyapi_im_read"]
+                )
             ),
             denied(BaseInfo, "qyapi_im_read")
         );
@@ -903,7 +915,10 @@ mod tests {
         assert_eq!(sbx.calls(Endpoint::UserGet), 0);
 
         // Every API denied: the callback's title, and the permission named.
-        let s = r.resolve("cidDenied001==", Some("外部协作群")).await.unwrap();
+        let s = r
+            .resolve("cidDenied001==", Some("外部协作群"))
+            .await
+            .unwrap();
         assert_eq!(s.name.as_deref(), Some("外部协作群"));
         assert_eq!(s.from.name, Some(InfoSource::Callback));
         assert!(s.why(Field::MemberCount).contains(&Missing::Denied {

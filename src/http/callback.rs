@@ -17,8 +17,8 @@ use super::error::Rejection;
 use crate::dingtalk::outbound::markdown_message;
 use crate::dingtalk::{ApiError, Callback, RobotMessage};
 use crate::ratelimit::Decision;
-use crate::seen::Seen;
 use crate::render::{Rendered, Template, escape_markdown};
+use crate::seen::Seen;
 use crate::startup::AppState;
 use crate::telemetry::{self, Outcome};
 
@@ -78,7 +78,7 @@ async fn discard_small_body(req: &HttpRequest, payload: &mut web::Payload, limit
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if !declared.is_some_and(|len| len <= limit) {
+    if declared.is_none_or(|len| len > limit) {
         return;
     }
     let mut seen = 0usize;

@@ -221,10 +221,9 @@ async fn a_refusing_source_is_not_asked_again_within_its_back_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_back_off_refusing_sources_are_asked_every_time() {
-    let app = spawn_app_from_toml(|base| {
-        config(base, "", "[group_info]\ndenied_backoff_secs = 0\n")
-    })
-    .await;
+    let app =
+        spawn_app_from_toml(|base| config(base, "", "[group_info]\ndenied_backoff_secs = 0\n"))
+            .await;
     for _ in 0..3 {
         info(&app, PLAIN).await;
     }
@@ -276,7 +275,9 @@ async fn owner_name_falls_back_to_the_userid_and_says_why() {
     );
     let text = info(&app, BOUND).await;
     assert!(
-        text.contains("**群主**：manager4220（未能显示姓名：应用没有 qyapi_get_member 权限（user/get））"),
+        text.contains(
+            "**群主**：manager4220（未能显示姓名：应用没有 qyapi_get_member 权限（user/get））"
+        ),
         "{text}"
     );
     assert!(text.contains("开通 qyapi_get_member"), "{text}");
@@ -296,7 +297,10 @@ async fn bind_gives_the_full_summary_and_survives_a_restart() {
     assert!(reply.starts_with("#### 已绑定本群"), "{reply}");
     assert!(reply.contains(OWN_CHATID), "{reply}");
     let stored = std::fs::read_to_string(app.data_dir.join("bindings.json")).unwrap();
-    assert!(stored.contains(OWN) && stored.contains(OWN_CHATID), "{stored}");
+    assert!(
+        stored.contains(OWN) && stored.contains(OWN_CHATID),
+        "{stored}"
+    );
 
     let chat_gets = app.sandbox.calls(Endpoint::ChatGet);
     let after = info(&app, OWN).await;
@@ -338,10 +342,9 @@ async fn bind_is_for_admins_and_listed_users_only() {
     assert!(!app.data_dir.join("bindings.json").exists());
 
     // A user listed in [bot] admin_user_ids may bind without being a group admin.
-    let listed = spawn_app_from_toml(|base| {
-        config(base, &format!("admin_user_ids = [\"{SENDER}\"]"), "")
-    })
-    .await;
+    let listed =
+        spawn_app_from_toml(|base| config(base, &format!("admin_user_ids = [\"{SENDER}\"]"), ""))
+            .await;
     listed.sandbox.put_group(own_group());
     let text = ask_as(&listed, OWN, &format!("/bind {OWN_CHATID}"), false).await;
     assert!(text.starts_with("#### 已绑定本群"), "{text}");
