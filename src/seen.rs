@@ -8,6 +8,7 @@
 //! entries, which would reopen the replay window. Each entry costs a few dozen bytes.
 
 use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -49,6 +50,8 @@ pub struct SeenSet {
     ttl_ms: i64,
     /// Distinct messages allowed per key.
     per_key: usize,
+    /// When a full set was last swept on the request path, ms since the epoch.
+    last_full_sweep_ms: AtomicI64,
 }
 
 impl SeenSet {
@@ -60,6 +63,7 @@ impl SeenSet {
             capacity,
             ttl_ms,
             per_key: per_key.max(1),
+            last_full_sweep_ms: AtomicI64::new(i64::MIN / 2),
         }
     }
 
@@ -68,16 +72,26 @@ impl SeenSet {
         self.hasher.hash_one(value)
     }
 
-    /// Records `fingerprint` under `key` at `now_ms`.
-    pub fn record(&self, key: u64, fingerprint: u64, now_ms: i64) -> Seen {
+    /// Records `fingerprint` under `key` at `now_ms`; the entry lives until
+    /// `valid_from_ms + ttl` (at least `now_ms + ttl`).
+    pub fn record(&self, key: u64, fingerprint: u64, now_ms: i64, valid_from_ms: i64) -> Seen {
         if self.map.len() >= self.capacity && !self.map.contains_key(&key) {
-            self.sweep(now_ms);
+            // A full set is swept at most once a second; the timer sweeps every 30 s.
+            let last = self.last_full_sweep_ms.load(Ordering::Relaxed);
+            if now_ms - last >= 1_000
+                && self
+                    .last_full_sweep_ms
+                    .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                self.sweep(now_ms);
+            }
             if self.map.len() >= self.capacity {
                 return Seen::Full;
             }
         }
         let fresh = Slot {
-            expires_ms: now_ms.saturating_add(self.ttl_ms),
+            expires_ms: now_ms.max(valid_from_ms).saturating_add(self.ttl_ms),
             first: fingerprint,
             more: Vec::new(),
         };
@@ -136,29 +150,39 @@ mod tests {
     #[test]
     fn remembers_until_expiry_and_compares_fingerprints() {
         let s = SeenSet::new(10, 1_000, 1);
-        assert_eq!(s.record(1, 7, 0), Seen::New);
-        assert_eq!(s.record(1, 7, 500), Seen::Again);
-        assert_eq!(s.record(1, 8, 500), Seen::Exhausted);
-        assert_eq!(s.record(1, 8, 1_000), Seen::New);
+        assert_eq!(s.record(1, 7, 0, 0), Seen::New);
+        assert_eq!(s.record(1, 7, 500, 500), Seen::Again);
+        assert_eq!(s.record(1, 8, 500, 500), Seen::Exhausted);
+        assert_eq!(s.record(1, 8, 1_000, 1_000), Seen::New);
     }
 
     #[test]
     fn per_key_allows_that_many_distinct_messages() {
         let s = SeenSet::new(10, 1_000, 2);
-        assert_eq!(s.record(1, 7, 0), Seen::New);
-        assert_eq!(s.record(1, 8, 0), Seen::New);
-        assert_eq!(s.record(1, 8, 0), Seen::Again);
-        assert_eq!(s.record(1, 9, 0), Seen::Exhausted);
+        assert_eq!(s.record(1, 7, 0, 0), Seen::New);
+        assert_eq!(s.record(1, 8, 0, 0), Seen::New);
+        assert_eq!(s.record(1, 8, 0, 0), Seen::Again);
+        assert_eq!(s.record(1, 9, 0, 0), Seen::Exhausted);
+    }
+
+    #[test]
+    fn entries_live_a_window_past_a_future_timestamp() {
+        // A (timestamp, sign) pair from a clock 500 ms ahead stays valid until
+        // timestamp + window, so its record must live that long too.
+        let s = SeenSet::new(10, 1_000, 1);
+        assert_eq!(s.record(1, 7, 0, 500), Seen::New);
+        assert_eq!(s.record(1, 8, 1_400, 1_400), Seen::Exhausted);
+        assert_eq!(s.record(1, 8, 1_500, 1_500), Seen::New);
     }
 
     #[test]
     fn full_set_refuses_new_keys_until_entries_expire() {
         let s = SeenSet::new(2, 1_000, 1);
-        assert_eq!(s.record(1, 1, 0), Seen::New);
-        assert_eq!(s.record(2, 2, 0), Seen::New);
-        assert_eq!(s.record(3, 3, 10), Seen::Full);
-        assert_eq!(s.record(1, 1, 10), Seen::Again);
-        assert_eq!(s.record(3, 3, 1_000), Seen::New);
+        assert_eq!(s.record(1, 1, 0, 0), Seen::New);
+        assert_eq!(s.record(2, 2, 0, 0), Seen::New);
+        assert_eq!(s.record(3, 3, 10, 10), Seen::Full);
+        assert_eq!(s.record(1, 1, 10, 10), Seen::Again);
+        assert_eq!(s.record(3, 3, 1_010, 1_010), Seen::New);
         assert_eq!(s.len(), 1);
     }
 }

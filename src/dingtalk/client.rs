@@ -147,7 +147,9 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error>
     reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(3)))
-        .pool_idle_timeout(Duration::from_secs(90))
+        // Below common server keep-alive limits, so a pooled connection is rarely reused
+        // just as the server closes it (a reply POST lost that way is not retried).
+        .pool_idle_timeout(Duration::from_secs(30))
         .tcp_nodelay(true)
         .user_agent(concat!("dingbot/", env!("CARGO_PKG_VERSION")))
         .build()

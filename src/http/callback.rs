@@ -178,7 +178,11 @@ async fn handle(
     // 4. Replay defence: a (timestamp, sign) pair carries at most N distinct messages.
     let fingerprint = state.replay.hash((&cb.msg_id, &body[..]));
     let replay_key = state.replay.hash((verified.timestamp_ms, sign));
-    match state.replay.record(replay_key, fingerprint, now) {
+    // The pair stays acceptable until its timestamp leaves the window: remember it as long.
+    match state
+        .replay
+        .record(replay_key, fingerprint, now, verified.timestamp_ms)
+    {
         Seen::New | Seen::Again => {}
         Seen::Exhausted => return Err(Rejection::Replayed),
         Seen::Full => return Err(Rejection::Overloaded),
@@ -186,7 +190,7 @@ async fn handle(
 
     // 5. Dedupe by msgId.
     let msg_key = state.dedupe.hash(&cb.msg_id);
-    match state.dedupe.record(msg_key, 0, now) {
+    match state.dedupe.record(msg_key, 0, now, now) {
         Seen::New => {}
         Seen::Again | Seen::Exhausted => {
             tracing::debug!("duplicate msgId; already handled");

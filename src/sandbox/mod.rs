@@ -103,6 +103,8 @@ impl Sandbox {
                 .default_service(web::to(api::not_found))
         })
         .workers(workers.max(1))
+        // Longer than dingbot's pool idle timeout, like a real server's keep-alive.
+        .keep_alive(std::time::Duration::from_secs(75))
         .disable_signals()
         .shutdown_timeout(1)
         .listen(listener)?

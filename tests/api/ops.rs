@@ -230,6 +230,14 @@ async fn run_bin(args: &[&str], limit: Duration) -> BinOutput {
 async fn run_check(config: &Config) -> BinOutput {
     let dir = TempDir::new("check");
     let path = dir.write("dingbot.toml", &config.toml());
+    // Keep `check`'s data dir (it opens the binding store) inside the temp dir.
+    let data = path.with_file_name("data");
+    let toml = format!(
+        "{}\n[storage]\ndata_dir = \"{}\"\n",
+        config.toml(),
+        data.display()
+    );
+    let path = dir.write("dingbot.toml", &toml);
     run_bin(
         &["check", "--config", path.to_str().expect("utf-8 path")],
         Duration::from_secs(60),
