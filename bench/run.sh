@@ -12,6 +12,7 @@
 #     miss    /info with the cache off (bot.info_cache_ttl_secs = 0): chat/get every time
 #     help    /help (no lookup at all)
 #     forged  wrong sign on every request (401)
+#     bare    not dingbot: examples/bare_handler, the baseline (verify, parse, reply inline)
 #   WARMUP [2]          unmeasured seconds before each scenario's runs
 #   BENCH_GROUPS [1000] groups the callbacks are spread over (cidGen0== … ), ≤ 5000
 #   SKIP_BUILD [0]      1: use the existing target/release/dingbot as is
@@ -26,6 +27,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT=$ROOT/bench/out
 BIN=$ROOT/target/release/dingbot
+BARE_BIN=$ROOT/target/release/examples/bare_handler
 
 DURATION=${DURATION:-10}
 RUNS=${RUNS:-3}
@@ -83,6 +85,9 @@ if [[ $SKIP_BUILD == 1 && -x $BIN ]]; then
 else
     log "cargo build --release (no-op when up to date)"
     timeout 3600 cargo build --release --locked --quiet || die "build failed"
+    if [[ " $SCENARIOS " == *" bare "* ]]; then
+        timeout 3600 cargo build --release --locked --quiet --example bare_handler || die "build failed"
+    fi
 fi
 
 # ---- work dir, process bookkeeping, cleanup -------------------------------------------
@@ -163,6 +168,7 @@ write_config() { # file info_cache_ttl_secs
 listen = "127.0.0.1:$BOT_PORT"
 workers = 1
 shutdown_grace_secs = 2
+max_in_flight = ${MAX_IN_FLIGHT:-1024}
 
 [dingtalk]
 app_key = "$APP_KEY"
@@ -189,8 +195,12 @@ EOF
     } >"$1"
 }
 
-start_bot() { # config log
-    "${PIN_BOT[@]}" "$BIN" serve --config "$1" >"$2" 2>&1 &
+start_bot() { # config log [bare]
+    if [[ ${3:-} == bare ]]; then
+        "${PIN_BOT[@]}" "$BARE_BIN" "127.0.0.1:$BOT_PORT" "$APP_SECRET" >"$2" 2>&1 &
+    else
+        "${PIN_BOT[@]}" "$BIN" serve --config "$1" >"$2" 2>&1 &
+    fi
     BOT_PID=$!
     wait_http "$BOT_URL/healthz" 20 || {
         tail -20 "$2" >&2
@@ -272,14 +282,14 @@ SCEN_TSV=$WORK/scenarios.tsv
 printf 'key\trun\trequests\trps\tok_rps\treplies_rps\tp50_ms\tp99_ms\tnon2xx\tbot_us_per_req\tbot_us_per_reply\tbot_cpu_pct\tsbx_us_per_req\tcore0_pct\tcore1_pct\treplies\treply_ratio\tchat_get\tnote\n' >"$RUNS_TSV"
 printf 'key\tlabel\tconns\tidle_rss_kb\tpeak_rss_kb\n' >"$SCEN_TSV"
 
-scenario() { # key label mode text conns info_cache_ttl_secs
+scenario() { # key label mode text conns info_cache_ttl_secs [bare]
     local key=$1 label=$2 mode=$3 text=$4 conns=$5 ttl=$6 run
     log "scenario $key: $label, $conns connections, ${WARMUP}s warm-up + $RUNS × ${DURATION}s"
     curl -fsS --max-time 2 -X POST -o /dev/null "$SANDBOX_URL/_sandbox/reset" || die "sandbox reset failed"
     if [[ $mode == valid ]]; then new_table; fi
     CURSOR=0
     write_config "$WORK/dingbot-$key.toml" "$ttl"
-    start_bot "$WORK/dingbot-$key.toml" "$WORK/dingbot-$key.log"
+    start_bot "$WORK/dingbot-$key.toml" "$WORK/dingbot-$key.log" "${7:-}"
     local idle_kb
     idle_kb=$(proc_kb "$BOT_PID" VmRSS)
 
@@ -306,7 +316,7 @@ scenario() { # key label mode text conns info_cache_ttl_secs
         local wall0 perf_pid=""
         wall0=$(now_ms)
         if [[ $PROFILE == 1 && $run == 1 ]]; then
-            timeout $((DURATION + 30)) perf record -q -e cpu-clock -F 997 -g -p "$BOT_PID" \
+            timeout $((DURATION + 30)) perf record -q -e cpu-clock -F ${PERF_FREQ:-997} ${PERF_CG:--g} -p "$BOT_PID" \
                 -o "$OUT/perf-$key.data" -- sleep "$DURATION" >/dev/null 2>&1 &
             perf_pid=$!
         fi
@@ -383,7 +393,11 @@ for s in $SCENARIOS; do
         scenario "forged-c$EXTRA_CONNS" "forged sign → 401 (server closes the connection each time)" \
             forged "/info" "$EXTRA_CONNS" 3600
         ;;
-    *) die "unknown scenario $s (info, miss, help, forged)" ;;
+    bare)
+        scenario "bare-c$EXTRA_CONNS" "baseline, not dingbot: examples/bare_handler (verify + parse + sendBySession inline)" \
+            valid "/info" "$EXTRA_CONNS" 3600 bare
+        ;;
+    *) die "unknown scenario $s (info, miss, help, forged, bare)" ;;
     esac
 done
 

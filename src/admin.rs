@@ -69,18 +69,12 @@ pub async fn check(settings: &Settings, out: &mut impl Write) -> anyhow::Result<
     }
     let timeout = Duration::from_millis(dt.request_timeout_ms);
     let http = http_client(timeout).context("building the HTTP client")?;
-    let client = DingTalkClient::new(
-        http,
-        &dt.oapi_base,
-        &dt.api_base,
-        &dt.app_key,
-        dt.app_secret.clone(),
-        RetryPolicy {
-            attempts: 2,
-            deadline: timeout * 2,
-            ..RetryPolicy::default()
-        },
-    );
+    let retry = RetryPolicy {
+        attempts: 2,
+        deadline: timeout * 2,
+        ..RetryPolicy::default()
+    };
+    let client = DingTalkClient::from_settings(dt, http, retry);
     match client.access_token().await {
         Ok(_) => writeln!(out, "  ok    access token from {}/gettoken", dt.oapi_base)?,
         Err(e) => {

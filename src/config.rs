@@ -50,8 +50,13 @@ pub struct ServerSettings {
     pub callback_path: String,
     /// Largest callback body accepted; larger bodies get 413 unread.
     pub body_limit_bytes: usize,
-    /// Callbacks processed at once (verification to reply); beyond it requests get 503.
+    /// Callbacks processed at once (body read to reply sent); a callback beyond it waits
+    /// up to `queue_wait_ms` for a slot, then gets 503.
     pub max_in_flight: usize,
+    /// How long a verified callback may wait for a free slot before it is refused with
+    /// 503; 0 refuses at once. DingTalk does not redeliver robot messages, so a short wait
+    /// rides out a burst instead of losing commands.
+    pub queue_wait_ms: u64,
     /// Seconds to finish in-flight callbacks and replies after SIGTERM/SIGINT.
     pub shutdown_grace_secs: u64,
     /// HTTP worker threads; 0 means one per CPU.
@@ -80,6 +85,9 @@ pub struct DingTalkSettings {
     /// How many distinct messages one (timestamp, sign) pair may carry; a further body
     /// with the same pair is refused as a replay.
     pub max_messages_per_signature: usize,
+    /// Reply POSTs on the wire at once; each uses one pooled keep-alive connection, so
+    /// this also caps the connections (and TLS handshakes) to the webhook host.
+    pub max_parallel_sends: usize,
 }
 
 /// `[rate_limit]`
@@ -219,6 +227,7 @@ fn defaults() -> serde_json::Value {
             "callback_path": "/dingtalk/callback",
             "body_limit_bytes": 65536,
             "max_in_flight": 1024,
+            "queue_wait_ms": 1000,
             "shutdown_grace_secs": 10,
             "workers": 0,
         },
@@ -229,6 +238,7 @@ fn defaults() -> serde_json::Value {
             "extra_webhook_hosts": [],
             "request_timeout_ms": 5000,
             "max_messages_per_signature": 1,
+            "max_parallel_sends": 32,
         },
         "rate_limit": { "per_group_per_minute": 20 },
         "bot": {
@@ -352,8 +362,17 @@ impl Settings {
                 "must be between 1024 and 16777216".into(),
             );
         }
-        if self.server.max_in_flight == 0 {
-            return err("server.max_in_flight", "must be at least 1".into());
+        if !(1..=1_000_000).contains(&self.server.max_in_flight) {
+            return err(
+                "server.max_in_flight",
+                "must be between 1 and 1000000".into(),
+            );
+        }
+        if self.server.queue_wait_ms > 10_000 {
+            return err(
+                "server.queue_wait_ms",
+                "must be at most 10000 (0 = refuse at once)".into(),
+            );
         }
         if self.server.workers > 256 {
             return err(
@@ -397,6 +416,12 @@ impl Settings {
             return err(
                 "dingtalk.request_timeout_ms",
                 "must be between 100 and 120000".into(),
+            );
+        }
+        if !(1..=4096).contains(&self.dingtalk.max_parallel_sends) {
+            return err(
+                "dingtalk.max_parallel_sends",
+                "must be between 1 and 4096".into(),
             );
         }
         if !(1..=1000).contains(&self.dingtalk.max_messages_per_signature) {

@@ -4,13 +4,13 @@
 use std::net::TcpListener;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
-use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::bot::{Bot, BotOptions, GroupDirectory};
@@ -24,6 +24,8 @@ use crate::store::BindingStore;
 
 /// Upper bound on remembered msgIds and on remembered signature pairs (each).
 const SEEN_CAPACITY: usize = 2_000_000;
+/// How long the HTTP workers get to close their connections once every reply is out.
+const WORKER_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a failed readiness check is reused before trying DingTalk again.
 const READINESS_RETRY: Duration = Duration::from_secs(10);
 
@@ -43,12 +45,17 @@ pub struct AppState {
     pub bot: Arc<Bot>,
     /// DingTalk API client (replies go through its pool).
     pub client: Arc<DingTalkClient>,
-    /// Reply tasks, awaited at shutdown.
+    /// Reply tasks. Each runs on the HTTP worker that accepted its callback (no hand-off
+    /// to another thread); shutdown waits for them before it stops the workers.
     pub tasks: TaskTracker,
-    /// Runtime the reply tasks run on (outlives the HTTP workers).
-    pub runtime: Handle,
-    /// Callbacks in flight (request + reply); beyond it requests get 503.
+    /// Callbacks in flight (body read to reply sent); see `server.max_in_flight`.
     pub in_flight: Arc<Semaphore>,
+    /// `server.max_in_flight`: all permits of `in_flight`.
+    pub max_in_flight: u32,
+    /// `server.queue_wait_ms`.
+    pub queue_wait: Duration,
+    /// Set once shutdown begins: new callbacks are refused, accepted ones finish.
+    pub draining: AtomicBool,
     /// `server.body_limit_bytes`.
     pub body_limit: usize,
     /// `bot.inline_mention`.
@@ -139,6 +146,8 @@ pub struct Application {
     grace: Duration,
     /// Stops the eviction timer.
     background: tokio::task::JoinHandle<()>,
+    /// Cancelled to shut down gracefully, as SIGTERM does.
+    shutdown: CancellationToken,
 }
 
 impl Application {
@@ -160,17 +169,11 @@ impl Application {
         let dt = &settings.dingtalk;
         let timeout = Duration::from_millis(dt.request_timeout_ms);
         let http = http_client(timeout).map_err(|e| StartupError::Http(e.to_string()))?;
-        let client = Arc::new(DingTalkClient::new(
-            http,
-            &dt.oapi_base,
-            &dt.api_base,
-            &dt.app_key,
-            dt.app_secret.clone(),
-            RetryPolicy {
-                deadline: timeout.mul_f64(1.6),
-                ..RetryPolicy::default()
-            },
-        ));
+        let retry = RetryPolicy {
+            deadline: timeout.mul_f64(1.6),
+            ..RetryPolicy::default()
+        };
+        let client = Arc::new(DingTalkClient::from_settings(dt, http, retry));
         let oapi = parse_base_url(&dt.oapi_base).map_err(|problem| crate::config::ConfigError {
             key: "dingtalk.oapi_base".into(),
             problem,
@@ -208,8 +211,10 @@ impl Application {
             bot,
             client: client.clone(),
             tasks: TaskTracker::new(),
-            runtime: Handle::current(),
             in_flight: Arc::new(Semaphore::new(settings.server.max_in_flight)),
+            max_in_flight: u32::try_from(settings.server.max_in_flight).unwrap_or(u32::MAX),
+            queue_wait: Duration::from_millis(settings.server.queue_wait_ms),
+            draining: AtomicBool::new(false),
             body_limit: settings.server.body_limit_bytes,
             inline_mention: settings.bot.inline_mention,
             readiness_failure: std::sync::Mutex::new(None),
@@ -230,7 +235,8 @@ impl Application {
                 .app_data(app_state.clone())
                 .configure(crate::http::routes(&callback_path))
         })
-        .shutdown_timeout(grace.as_secs())
+        // Used only after the replies are drained (`run_until`), for what is left.
+        .shutdown_timeout(WORKER_STOP_TIMEOUT.as_secs())
         // dingbot handles SIGTERM/SIGINT itself so that one grace period covers both the
         // open requests and the replies still being sent (see `run_until`).
         .disable_signals()
@@ -266,6 +272,7 @@ impl Application {
             state,
             grace,
             background,
+            shutdown: CancellationToken::new(),
         })
     }
 
@@ -274,9 +281,15 @@ impl Application {
         self.port
     }
 
-    /// A handle that stops the server gracefully (tests; signals are handled by actix).
+    /// A handle to the actix server. Stopping it directly skips the reply drain; use
+    /// [`Application::shutdown_trigger`] for the graceful path.
     pub fn handle(&self) -> ServerHandle {
         self.server.handle()
+    }
+
+    /// Cancelling this token shuts down exactly as SIGTERM does.
+    pub fn shutdown_trigger(&self) -> CancellationToken {
+        self.shutdown.clone()
     }
 
     /// Shared state.
@@ -284,45 +297,77 @@ impl Application {
         self.state.clone()
     }
 
-    /// Serves until SIGTERM/SIGINT (or a stop through [`Application::handle`]), then
-    /// finishes open requests and replies within one grace period.
+    /// Serves until SIGTERM/SIGINT (or [`Application::shutdown_trigger`]), then finishes
+    /// open requests and replies within one grace period.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.run_until(shutdown_signal()).await
     }
 
-    /// Serves until `shutdown` completes (or the server is stopped through its handle).
-    /// From that moment one grace period bounds everything: open HTTP requests first, then
-    /// the reply tasks; whatever is still running at the deadline is abandoned and logged.
+    /// Serves until `shutdown` completes or the trigger is cancelled. From that moment one
+    /// grace period bounds everything:
+    ///
+    /// 1. no new connections are accepted and callbacks on open connections get 503;
+    /// 2. the callbacks already accepted finish, replies included (they run on the HTTP
+    ///    workers, which therefore stay up until now);
+    /// 3. the workers stop, closing the connections.
+    ///
+    /// Whatever is still running at the deadline is abandoned and logged.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let handle = self.server.handle();
         let mut server = tokio::spawn(self.server);
-        let (deadline, result) = tokio::select! {
-            joined = &mut server => (tokio::time::Instant::now() + self.grace, joined),
-            () = shutdown => {
+        let trigger = self.shutdown.clone();
+        let result = tokio::select! {
+            joined = &mut server => {
+                if !self.state.tasks.is_empty() {
+                    tracing::warn!(
+                        pending = self.state.tasks.len(),
+                        "server stopped without draining; replies still pending are lost"
+                    );
+                }
+                joined
+            }
+            () = async {
+                tokio::select! {
+                    () = shutdown => {}
+                    () = trigger.cancelled() => {}
+                }
+            } => {
                 let deadline = tokio::time::Instant::now() + self.grace;
                 tracing::info!("shutdown requested: no longer accepting callbacks; finishing replies");
-                let graceful = handle.stop(true);
-                tokio::spawn(graceful);
-                match tokio::time::timeout_at(deadline, &mut server).await {
-                    Ok(joined) => (deadline, joined),
-                    Err(_) => {
-                        tracing::warn!("grace period over with requests still open");
-                        handle.stop(false).await;
-                        (deadline, server.await)
+                handle.pause().await;
+                self.state.draining.store(true, Ordering::SeqCst);
+                // Every accepted callback holds an in-flight permit until its reply is out:
+                // owning all of them means nothing is left to finish.
+                let all = self.state.in_flight.acquire_many(self.state.max_in_flight);
+                match tokio::time::timeout_at(deadline, all).await {
+                    Ok(Ok(permits)) => permits.forget(),
+                    Ok(Err(_)) => {}
+                    Err(_) => tracing::warn!(
+                        pending = self.state.tasks.len(),
+                        "grace period over with replies still pending"
+                    ),
+                }
+                // Waiters for a slot are refused at once from here on.
+                self.state.in_flight.close();
+                // What is left are idle keep-alive connections and quick requests (probes,
+                // refusals): a short graceful stop if the deadline allows, else a hard one.
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left >= WORKER_STOP_TIMEOUT {
+                    tokio::spawn(handle.stop(true));
+                    match tokio::time::timeout_at(deadline, &mut server).await {
+                        Ok(joined) => joined,
+                        Err(_) => {
+                            handle.stop(false).await;
+                            server.await
+                        }
                     }
+                } else {
+                    handle.stop(false).await;
+                    server.await
                 }
             }
         };
         self.state.tasks.close();
-        if tokio::time::timeout_at(deadline, self.state.tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                pending = self.state.tasks.len(),
-                "grace period over with replies still pending"
-            );
-        }
         self.background.abort();
         tracing::info!("stopped");
         match result {

@@ -73,7 +73,24 @@ pub struct Bot {
     admin_user_ids: Vec<String>,
     /// openConversationId → merged summary, shared by concurrent lookups (single flight);
     /// None = disabled.
-    info_cache: Option<moka::future::Cache<String, Arc<GroupSummary>>>,
+    info_cache: Option<moka::future::Cache<String, Arc<Looked>>>,
+}
+
+/// A resolved group summary and, once rendered, its `/info` reply: the reply depends on
+/// the summary alone, so every cache hit reuses it instead of rendering again.
+#[derive(Debug)]
+struct Looked {
+    summary: GroupSummary,
+    reply: std::sync::OnceLock<Rendered>,
+}
+
+impl Looked {
+    fn new(summary: GroupSummary) -> Arc<Looked> {
+        Arc::new(Looked {
+            summary,
+            reply: std::sync::OnceLock::new(),
+        })
+    }
 }
 
 impl std::fmt::Debug for Bot {
@@ -329,13 +346,13 @@ impl Bot {
         &self,
         conversation_id: &str,
         title: Option<&str>,
-    ) -> Result<Arc<GroupSummary>, ApiError> {
+    ) -> Result<Arc<Looked>, ApiError> {
         let Some(cache) = &self.info_cache else {
             return self
                 .resolver
                 .resolve(conversation_id, title)
                 .await
-                .map(Arc::new);
+                .map(Looked::new);
         };
         if let Some(hit) = cache.get(conversation_id).await {
             telemetry::cache("group_info", true);
@@ -347,7 +364,7 @@ impl Bot {
                 self.resolver
                     .resolve(conversation_id, title)
                     .await
-                    .map(Arc::new)
+                    .map(Looked::new)
             })
             .await
             .map_err(|e| (*e).clone())
@@ -370,7 +387,8 @@ impl Bot {
         };
         let command = command::parse(text);
         telemetry::command(command.name());
-        tracing::info!(command = command.name(), "command");
+        // Counted in metrics; a log line per command would cost more than the reply.
+        tracing::debug!(command = command.name(), "command");
         match command {
             Command::Help => self.help(None),
             Command::Unknown(word) => self.help(Some(&word)),
@@ -396,7 +414,8 @@ impl Bot {
             self.summary(&cb.conversation_id, cb.conversation_title.as_deref()),
         );
         match lookup.await {
-            Ok(Ok(summary)) if summary.is_empty() => {
+            Ok(Ok(looked)) if looked.summary.is_empty() => {
+                let summary = &looked.summary;
                 let reasons = summary.why(Field::Name);
                 let denied_scopes = denied_scopes(&reasons);
                 self.renderer.render(
@@ -409,9 +428,13 @@ impl Bot {
                     },
                 )
             }
-            Ok(Ok(summary)) => self
-                .renderer
-                .render(Template::Info, &InfoView::from_summary(&summary)),
+            Ok(Ok(looked)) => looked
+                .reply
+                .get_or_init(|| {
+                    self.renderer
+                        .render(Template::Info, &InfoView::from_summary(&looked.summary))
+                })
+                .clone(),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "group lookup failed");
                 self.renderer

@@ -131,6 +131,8 @@ pub struct DingTalkClient {
     refresh: tokio::sync::Mutex<()>,
     /// Retry behaviour for API calls.
     retry: RetryPolicy,
+    /// Reply POSTs on the wire at once (`dingtalk.max_parallel_sends`).
+    send_slots: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for DingTalkClient {
@@ -142,6 +144,9 @@ impl std::fmt::Debug for DingTalkClient {
     }
 }
 
+/// Reply POSTs on the wire at once unless configured otherwise.
+pub const DEFAULT_PARALLEL_SENDS: usize = 32;
+
 /// Builds the shared outbound HTTP client.
 pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
@@ -151,6 +156,9 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error>
         // just as the server closes it (a reply POST lost that way is not retried).
         .pool_idle_timeout(Duration::from_secs(30))
         .tcp_nodelay(true)
+        // A redirect would carry a reply past the sessionWebhook allow-list (and the
+        // token to another host); DingTalk's APIs do not redirect.
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("dingbot/", env!("CARGO_PKG_VERSION")))
         .build()
 }
@@ -174,7 +182,33 @@ impl DingTalkClient {
             token: RwLock::new(None),
             refresh: tokio::sync::Mutex::new(()),
             retry,
+            send_slots: tokio::sync::Semaphore::new(DEFAULT_PARALLEL_SENDS),
         }
+    }
+
+    /// The client for `[dingtalk]` settings, with `retry` (the service and `dingbot check`
+    /// retry differently).
+    pub fn from_settings(
+        dt: &crate::config::DingTalkSettings,
+        http: reqwest::Client,
+        retry: RetryPolicy,
+    ) -> DingTalkClient {
+        DingTalkClient::new(
+            http,
+            &dt.oapi_base,
+            &dt.api_base,
+            &dt.app_key,
+            dt.app_secret.clone(),
+            retry,
+        )
+        .with_parallel_sends(dt.max_parallel_sends)
+    }
+
+    /// Caps the reply POSTs on the wire at once (default 32). Replies beyond it wait their
+    /// turn, so the pool keeps a few warm connections instead of opening one per reply.
+    pub fn with_parallel_sends(mut self, n: usize) -> DingTalkClient {
+        self.send_slots = tokio::sync::Semaphore::new(n.max(1));
+        self
     }
 
     /// The shared HTTP client (replies go through the same pool).
@@ -383,12 +417,18 @@ impl DingTalkClient {
     pub async fn send_to_webhook(
         &self,
         webhook: &Url,
-        message: &serde_json::Value,
+        body: &bytes::Bytes,
     ) -> Result<(), ApiError> {
         #[derive(Deserialize)]
         struct Ack {}
         self.with_retries_if("sendBySession", ApiError::surely_not_delivered, || async {
-            let req = self.http.post(webhook.clone()).json(message);
+            // A slot per attempt: none is held while backing off.
+            let _slot = self.send_slots.acquire().await;
+            let req = self
+                .http
+                .post(webhook.clone())
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone());
             self.send_oapi::<Ack>("sendBySession", req)
                 .await
                 .map(|_| ())
@@ -474,6 +514,19 @@ impl DingTalkClient {
         req: reqwest::RequestBuilder,
     ) -> Result<T, ApiError> {
         let (status, body) = send(endpoint, req).await?;
+        // Fast path: a 2xx whose errcode is absent or 0 parses straight into `T`.
+        #[derive(Deserialize)]
+        struct Envelope {
+            errcode: Option<i64>,
+        }
+        if (200..300).contains(&status)
+            && let Ok(Envelope {
+                errcode: None | Some(0),
+            }) = serde_json::from_slice(&body)
+        {
+            return serde_json::from_slice(&body)
+                .map_err(|_| ApiError::BadBody { endpoint, status });
+        }
         let value: serde_json::Value =
             serde_json::from_slice(&body).map_err(|_| ApiError::BadBody { endpoint, status })?;
         let errcode = value.get("errcode").and_then(|v| v.as_i64()).unwrap_or(0);

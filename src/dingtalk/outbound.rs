@@ -69,19 +69,64 @@ impl WebhookPolicy {
     }
 }
 
-/// A markdown message for a sessionWebhook, @-mentioning `at_user` when known.
-pub fn markdown_message(title: &str, text: &str, at_user: Option<&str>) -> serde_json::Value {
-    let at_user_ids: Vec<&str> = at_user.into_iter().collect();
-    serde_json::json!({
-        "msgtype": "markdown",
-        "markdown": { "title": title, "text": text },
-        "at": { "atUserIds": at_user_ids, "isAtAll": false },
-    })
+/// The JSON body of a markdown message for a sessionWebhook, @-mentioning `at_user` when
+/// known. Serialized once, so retries resend the same bytes.
+pub fn markdown_message(title: &str, text: &str, at_user: Option<&str>) -> bytes::Bytes {
+    #[derive(serde::Serialize)]
+    struct Message<'a> {
+        msgtype: &'static str,
+        markdown: Markdown<'a>,
+        at: At<'a>,
+    }
+    #[derive(serde::Serialize)]
+    struct Markdown<'a> {
+        title: &'a str,
+        text: &'a str,
+    }
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct At<'a> {
+        at_user_ids: &'a [&'a str],
+        is_at_all: bool,
+    }
+    let at_user_ids = match &at_user {
+        Some(id) => std::slice::from_ref(id),
+        None => &[],
+    };
+    let message = Message {
+        msgtype: "markdown",
+        markdown: Markdown { title, text },
+        at: At {
+            at_user_ids,
+            is_at_all: false,
+        },
+    };
+    let mut out = Vec::with_capacity(96 + title.len() + text.len());
+    // Serializing plain strings and bools into memory cannot fail.
+    let _ = serde_json::to_writer(&mut out, &message);
+    bytes::Bytes::from(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn markdown_message_has_dingtalks_shape() {
+        let body = markdown_message("群信息", "**a** \"b\"", Some("manager4220"));
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "msgtype": "markdown",
+                "markdown": { "title": "群信息", "text": "**a** \"b\"" },
+                "at": { "atUserIds": ["manager4220"], "isAtAll": false },
+            })
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&markdown_message("t", "x", None)).unwrap();
+        assert_eq!(v["at"]["atUserIds"], serde_json::json!([]));
+    }
 
     fn policy() -> WebhookPolicy {
         let oapi = Url::parse("https://oapi.dingtalk.com").unwrap();

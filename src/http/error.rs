@@ -33,9 +33,12 @@ pub enum Rejection {
     /// sessionWebhook not usable.
     #[error("{0}")]
     Webhook(WebhookRefusal),
-    /// Too many callbacks in flight.
+    /// Too many callbacks in flight, even after waiting `server.queue_wait_ms`.
     #[error("too many callbacks in flight; try again")]
     Overloaded,
+    /// dingbot is stopping and finishing the replies it already accepted.
+    #[error("dingbot is shutting down; try again")]
+    ShuttingDown,
 }
 
 impl Rejection {
@@ -48,7 +51,7 @@ impl Rejection {
             Rejection::BadJson(_) | Rejection::Invalid(_) | Rejection::Webhook(_) => {
                 StatusCode::BAD_REQUEST
             }
-            Rejection::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::Overloaded | Rejection::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -64,6 +67,7 @@ impl Rejection {
             Rejection::Invalid(_) => "invalid_callback",
             Rejection::Webhook(_) => "webhook_refused",
             Rejection::Overloaded => "overloaded",
+            Rejection::ShuttingDown => "shutting_down",
         }
     }
 
@@ -78,15 +82,23 @@ impl Rejection {
                 Outcome::BadRequest
             }
             Rejection::Webhook(_) => Outcome::WebhookRefused,
-            Rejection::Overloaded => Outcome::Shed,
+            Rejection::Overloaded | Rejection::ShuttingDown => Outcome::Shed,
         }
     }
 
     /// The response.
     pub fn response(&self) -> HttpResponse {
         let mut builder = HttpResponse::build(self.status());
-        if matches!(self, Rejection::Overloaded) {
-            builder.insert_header(("Retry-After", "1"));
+        match self {
+            Rejection::Overloaded => {
+                builder.insert_header(("Retry-After", "1"));
+            }
+            // Ask a proxy to reconnect: its next attempt reaches a process that is up.
+            Rejection::ShuttingDown => {
+                builder.insert_header(("Retry-After", "1"));
+                builder.force_close();
+            }
+            _ => {}
         }
         builder.json(serde_json::json!({ "error": self.code(), "message": self.to_string() }))
     }

@@ -285,7 +285,7 @@ async fn owner_name_falls_back_to_the_userid_and_says_why() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bind_gives_the_full_summary_and_survives_a_restart() {
-    let app = spawn_app().await;
+    let mut app = spawn_app().await;
     app.sandbox.put_group(own_group());
 
     let before = info(&app, OWN).await;
@@ -318,7 +318,7 @@ async fn bind_gives_the_full_summary_and_survives_a_restart() {
     assert_eq!(app.sandbox.calls(Endpoint::ChatGet), chat_gets + 1);
 
     // Restart: a new dingbot on the same data dir knows the binding without a /bind.
-    app.handle.stop(true).await;
+    app.stop_gracefully().await;
     let mut settings =
         sandbox_settings(&app.sandbox, &Org::demo(), Language::Zh, 100).expect("settings");
     settings.storage.data_dir = app.data_dir.clone();

@@ -14,6 +14,7 @@ use dingbot::http::callback::now_ms;
 use dingbot::sandbox::{Endpoint, Fault, Org, Sandbox, SentMessage};
 use dingbot::startup::{AppState, Application};
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 /// The demo org's app secret; it must never show up in anything a user or caller sees.
 pub const SECRET: &str = "demo-app-secret-0123456789abcdef";
@@ -60,6 +61,8 @@ pub struct TestConfig {
     pub inline_mention: bool,
     /// `server.max_in_flight` (default 1024).
     pub max_in_flight: Option<usize>,
+    /// `server.queue_wait_ms` (default 1000).
+    pub queue_wait_ms: Option<u64>,
     /// Faults queued on the sandbox before dingbot starts.
     pub faults_before_start: Vec<(Endpoint, Fault, u32)>,
 }
@@ -75,6 +78,7 @@ impl Default for TestConfig {
             extra_groups: Vec::new(),
             inline_mention: false,
             max_in_flight: None,
+            queue_wait_ms: None,
             faults_before_start: Vec::new(),
         }
     }
@@ -100,8 +104,10 @@ pub struct TestApp {
     pub secret: String,
     /// Client for calls to dingbot.
     pub http: reqwest::Client,
-    /// Stops dingbot.
+    /// Stops dingbot's HTTP server at once (no reply drain).
     pub handle: ServerHandle,
+    /// Cancelling it shuts dingbot down as SIGTERM does (graceful, replies drained).
+    pub shutdown: CancellationToken,
     /// dingbot's shared state (dedupe cache, limiter, …).
     pub state: Data<AppState>,
     /// The task running `run_until_stopped`.
@@ -210,6 +216,9 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut TestConfig)) -> TestApp 
     if let Some(n) = cfg.max_in_flight {
         settings.server.max_in_flight = n;
     }
+    if let Some(ms) = cfg.queue_wait_ms {
+        settings.server.queue_wait_ms = ms;
+    }
     launch(sandbox, org, &settings).await
 }
 
@@ -238,6 +247,7 @@ async fn launch(sandbox: Sandbox, org: Org, settings: &Settings) -> TestApp {
     let app = Application::build(&settings).await.expect("dingbot starts");
     let port = app.port();
     let handle = app.handle();
+    let shutdown = app.shutdown_trigger();
     let state = app.state();
     let server = tokio::spawn(app.run_until_stopped());
     TestApp {
@@ -250,6 +260,7 @@ async fn launch(sandbox: Sandbox, org: Org, settings: &Settings) -> TestApp {
             .build()
             .expect("reqwest client"),
         handle,
+        shutdown,
         state,
         server: Some(server),
         data_dir: settings.storage.data_dir.clone(),
@@ -257,6 +268,19 @@ async fn launch(sandbox: Sandbox, org: Org, settings: &Settings) -> TestApp {
 }
 
 impl TestApp {
+    /// Shuts dingbot down as SIGTERM does and waits (≤ 30 s) until `run_until_stopped`
+    /// has returned.
+    pub async fn stop_gracefully(&mut self) {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            tokio::time::timeout(Duration::from_secs(30), server)
+                .await
+                .expect("run_until_stopped returns")
+                .expect("server task did not panic")
+                .expect("server ran without error");
+        }
+    }
+
     /// The callback URL.
     pub fn callback_url(&self) -> String {
         format!("{}/dingtalk/callback", self.address)

@@ -20,9 +20,14 @@ async fn pending_reply_is_delivered_during_graceful_shutdown() {
     assert!(app.sandbox.messages_for(&out.session).is_empty());
 
     // SIGTERM equivalent: stop accepting, finish replies within the grace period.
-    tokio::time::timeout(Duration::from_secs(10), app.handle.stop(true))
-        .await
-        .expect("server stops");
+    app.shutdown.cancel();
+    // While the reply is finishing, a callback on the open keep-alive connection is
+    // refused with a reason and nothing of it is kept (the proxy is told to reconnect).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let late = app.group_text(BOUND, "/help");
+    let answer = app.send(&late).await;
+    answer.assert_refused(503, "shutting_down");
+    assert!(!app.state.handled_msg_id(late.msg_id.as_str()));
     let server = app.server.take().expect("server task");
     tokio::time::timeout(Duration::from_secs(10), server)
         .await

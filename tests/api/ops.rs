@@ -458,7 +458,7 @@ async fn graceful_stop_delivers_every_reply_in_flight() {
 
     let server = app.server.take().expect("server task");
     let stop_started = Instant::now();
-    app.handle.stop(true).await;
+    app.shutdown.cancel();
     let result = tokio::time::timeout(Duration::from_secs(3 * GRACE_SECS), server)
         .await
         .expect("run_until_stopped returns within the grace periods")

@@ -5,23 +5,27 @@ use std::time::Duration;
 use dingbot::sandbox::{Endpoint, Fault};
 use serde_json::json;
 
-use crate::helpers::{BOUND, spawn_app, spawn_app_with};
+use crate::helpers::{BOUND, Outgoing, TestApp, spawn_app, spawn_app_with};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn callbacks_beyond_capacity_are_shed_without_trace() {
+/// dingbot with a single in-flight slot, held by an `/info` whose chat/get DingTalk
+/// answers only after `delay`.
+async fn one_slot_held(queue_wait_ms: u64, delay: Duration) -> (TestApp, Outgoing) {
     let app = spawn_app_with(|c| {
         c.max_in_flight = Some(1);
+        c.queue_wait_ms = Some(queue_wait_ms);
         c.learn_fixture_group = false;
     })
     .await;
-    // The first /info holds the only slot while DingTalk is slow.
-    app.sandbox.inject(
-        Endpoint::ChatGet,
-        Fault::Delay(Duration::from_millis(1500)),
-        1,
-    );
+    app.sandbox
+        .inject(Endpoint::ChatGet, Fault::Delay(delay), 1);
     let busy = app.group_text(BOUND, "/info");
     app.send(&busy).await.assert_accepted();
+    (app, busy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callbacks_beyond_capacity_are_shed_without_trace() {
+    let (app, busy) = one_slot_held(0, Duration::from_millis(1500)).await;
 
     let shed = app.group_text(BOUND, "/help");
     let resp = app
@@ -31,8 +35,8 @@ async fn callbacks_beyond_capacity_are_shed_without_trace() {
         .send()
         .await
         .unwrap();
-    // Even an unsigned request is shed first: the slot is taken before anything else.
-    assert_eq!(resp.status().as_u16(), 503);
+    // An unsigned request is refused for what it is: it never competes for a slot.
+    assert_eq!(resp.status().as_u16(), 401);
     let answer = app.send(&shed).await;
     answer.assert_refused(503, "overloaded");
     app.assert_no_reply(&shed.session).await;
@@ -57,18 +61,7 @@ async fn callbacks_beyond_capacity_are_shed_without_trace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overloaded_answer_says_when_to_retry() {
-    let app = spawn_app_with(|c| {
-        c.max_in_flight = Some(1);
-        c.learn_fixture_group = false;
-    })
-    .await;
-    app.sandbox.inject(
-        Endpoint::ChatGet,
-        Fault::Delay(Duration::from_millis(1000)),
-        1,
-    );
-    let busy = app.group_text(BOUND, "/info");
-    app.send(&busy).await.assert_accepted();
+    let (app, busy) = one_slot_held(0, Duration::from_millis(1000)).await;
     let shed = app.group_text(BOUND, "/help");
     let (ts, sign) = crate::helpers::fresh_signature(&app.secret);
     let resp = app
@@ -88,6 +81,40 @@ async fn overloaded_answer_says_when_to_retry() {
         Some("1")
     );
     app.replies(&busy.session, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_waits_for_a_slot_instead_of_being_lost() {
+    // DingTalk does not redeliver robot messages: a burst should queue, not drop.
+    let (app, busy) = one_slot_held(5000, Duration::from_millis(800)).await;
+    let queued = app.group_text(BOUND, "/help");
+    let started = std::time::Instant::now();
+    app.send(&queued).await.assert_accepted();
+    // It was answered only once the slow reply had freed the slot.
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "answered after {:?}: it did not wait",
+        started.elapsed()
+    );
+    assert!(!app.sandbox.messages_for(&busy.session).is_empty());
+    let text = app.reply_text(&queued.session).await;
+    assert!(text.contains("/info"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_that_waited_too_long_is_refused_and_leaves_no_trace() {
+    let (app, busy) = one_slot_held(200, Duration::from_millis(2000)).await;
+    let shed = app.group_text(BOUND, "/help");
+    let started = std::time::Instant::now();
+    app.send(&shed).await.assert_refused(503, "overloaded");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(200) && waited < Duration::from_millis(1500),
+        "refused after {waited:?}; queue_wait_ms is 200"
+    );
+    assert!(!app.state.handled_msg_id(shed.msg_id.as_str()));
+    app.replies(&busy.session, 1).await;
+    app.assert_no_reply(&shed.session).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
