@@ -354,10 +354,8 @@ impl Bot {
                 .await
                 .map(Looked::new);
         };
-        if let Some(hit) = cache.get(conversation_id).await {
-            telemetry::cache("group_info", true);
-            return Ok(hit);
-        }
+        // A hit was looked for by the caller; another caller may have filled it since,
+        // in which case `try_get_with` returns it without resolving.
         telemetry::cache("group_info", false);
         cache
             .try_get_with_by_ref(conversation_id, async {
@@ -396,7 +394,7 @@ impl Bot {
                 ConversationKind::OneToOne => self.renderer.render(Template::PrivateOnly, &()),
                 ConversationKind::Group => self.info(cb).await,
             },
-            Command::Bind(chatid) => self.bind(cb, &chatid).await,
+            Command::Bind(chatid) => Box::pin(self.bind(cb, &chatid)).await,
         }
     }
 
@@ -409,11 +407,22 @@ impl Bot {
     }
 
     async fn info(&self, cb: &Callback) -> Rendered {
-        let lookup = tokio::time::timeout(
-            self.lookup_deadline,
-            self.summary(&cb.conversation_id, cb.conversation_title.as_deref()),
-        );
-        match lookup.await {
+        // A cache hit needs neither the deadline nor the (large) resolver future.
+        let hit = match &self.info_cache {
+            Some(cache) => cache.get(&cb.conversation_id).await,
+            None => None,
+        };
+        let lookup = match hit {
+            Some(looked) => {
+                telemetry::cache("group_info", true);
+                Ok(Ok(looked))
+            }
+            None => {
+                let resolve = self.summary(&cb.conversation_id, cb.conversation_title.as_deref());
+                tokio::time::timeout(self.lookup_deadline, Box::pin(resolve)).await
+            }
+        };
+        match lookup {
             Ok(Ok(looked)) if looked.summary.is_empty() => {
                 let summary = &looked.summary;
                 let reasons = summary.why(Field::Name);
