@@ -85,9 +85,9 @@ pub struct DingTalkSettings {
     /// How many distinct messages one (timestamp, sign) pair may carry; a further body
     /// with the same pair is refused as a replay.
     pub max_messages_per_signature: usize,
-    /// Reply POSTs on the wire at once; each uses one pooled keep-alive connection, so
-    /// this also caps the connections (and TLS handshakes) to the webhook host.
-    pub max_parallel_sends: usize,
+    /// API calls to DingTalk on the wire at once, and as many reply POSTs; each uses
+    /// one pooled keep-alive connection, so this also caps connections and TLS handshakes.
+    pub max_parallel_requests: usize,
 }
 
 /// `[rate_limit]`
@@ -111,6 +111,8 @@ pub struct BotSettings {
     pub inline_mention: bool,
     /// Seconds a group's info is reused before asking DingTalk again; 0 disables caching.
     pub info_cache_ttl_secs: u64,
+    /// Most group summaries cached at once; the least recently used go first.
+    pub info_cache_max_groups: u64,
     /// Userids (`senderStaffId`) allowed to `/bind` in any group, besides DingTalk's group
     /// admins (`isAdmin`).
     #[serde(default)]
@@ -238,13 +240,14 @@ fn defaults() -> serde_json::Value {
             "extra_webhook_hosts": [],
             "request_timeout_ms": 5000,
             "max_messages_per_signature": 1,
-            "max_parallel_sends": 32,
+            "max_parallel_requests": 32,
         },
         "rate_limit": { "per_group_per_minute": 20 },
         "bot": {
             "language": "zh",
             "inline_mention": false,
             "info_cache_ttl_secs": 60,
+            "info_cache_max_groups": 20_000,
             "admin_user_ids": [],
         },
         "log": { "format": "text" },
@@ -418,9 +421,9 @@ impl Settings {
                 "must be between 100 and 120000".into(),
             );
         }
-        if !(1..=4096).contains(&self.dingtalk.max_parallel_sends) {
+        if !(1..=4096).contains(&self.dingtalk.max_parallel_requests) {
             return err(
-                "dingtalk.max_parallel_sends",
+                "dingtalk.max_parallel_requests",
                 "must be between 1 and 4096".into(),
             );
         }
@@ -435,6 +438,12 @@ impl Settings {
                 "rate_limit.per_group_per_minute",
                 "must be between 1 and 10000 (DingTalk throttles a robot above 20 messages a minute)"
                     .into(),
+            );
+        }
+        if !(1..=10_000_000).contains(&self.bot.info_cache_max_groups) {
+            return err(
+                "bot.info_cache_max_groups",
+                "must be between 1 and 10000000".into(),
             );
         }
         if self.bot.info_cache_ttl_secs > 24 * 3600 {

@@ -13,15 +13,13 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
-/// One remembered key.
-#[derive(Debug, Clone)]
+/// One remembered key: 16 bytes, and there can be millions.
+#[derive(Debug, Clone, Copy)]
 struct Slot {
     /// When the entry may be forgotten, ms since the epoch.
     expires_ms: i64,
     /// Fingerprint of the first message seen under this key.
     first: u64,
-    /// Fingerprints of further distinct messages (only when more than one is allowed).
-    more: Vec<u64>,
 }
 
 /// What [`SeenSet::record`] found.
@@ -42,6 +40,9 @@ pub enum Seen {
 pub struct SeenSet {
     /// key hash → slot.
     map: DashMap<u64, Slot>,
+    /// Expiry and fingerprints of further distinct messages per key; only used when
+    /// `per_key` > 1. Locked only while holding the key's `map` entry (never the reverse).
+    more: DashMap<u64, (i64, Vec<u64>)>,
     /// Keyed hasher for keys and fingerprints.
     hasher: RandomState,
     /// Most entries kept.
@@ -59,6 +60,7 @@ impl SeenSet {
     pub fn new(capacity: usize, ttl_ms: i64, per_key: usize) -> SeenSet {
         SeenSet {
             map: DashMap::new(),
+            more: DashMap::new(),
             hasher: RandomState::new(),
             capacity,
             ttl_ms,
@@ -93,7 +95,6 @@ impl SeenSet {
         let fresh = Slot {
             expires_ms: now_ms.max(valid_from_ms).saturating_add(self.ttl_ms),
             first: fingerprint,
-            more: Vec::new(),
         };
         match self.map.entry(key) {
             Entry::Vacant(v) => {
@@ -104,11 +105,23 @@ impl SeenSet {
                 let slot = o.get_mut();
                 if slot.expires_ms <= now_ms {
                     *slot = fresh;
-                    Seen::New
-                } else if slot.first == fingerprint || slot.more.contains(&fingerprint) {
+                    self.more.remove(&key);
+                    return Seen::New;
+                }
+                if slot.first == fingerprint {
+                    return Seen::Again;
+                }
+                if self.per_key == 1 {
+                    return Seen::Exhausted;
+                }
+                // The slot's entry lock is held, so no other caller races on `more[key]`.
+                let mut extra = self.more.entry(key).or_default();
+                let (expires_ms, fingerprints) = &mut *extra;
+                *expires_ms = slot.expires_ms;
+                if fingerprints.contains(&fingerprint) {
                     Seen::Again
-                } else if 1 + slot.more.len() < self.per_key {
-                    slot.more.push(fingerprint);
+                } else if 1 + fingerprints.len() < self.per_key {
+                    fingerprints.push(fingerprint);
                     Seen::New
                 } else {
                     Seen::Exhausted
@@ -120,11 +133,13 @@ impl SeenSet {
     /// Forgets `key` (undo of a `record` whose request was refused later).
     pub fn forget(&self, key: u64) {
         self.map.remove(&key);
+        self.more.remove(&key);
     }
 
     /// Drops expired entries.
     pub fn sweep(&self, now_ms: i64) {
         self.map.retain(|_, slot| slot.expires_ms > now_ms);
+        self.more.retain(|_, (expires_ms, _)| *expires_ms > now_ms);
     }
 
     /// Live and not yet swept entries.
@@ -146,6 +161,12 @@ impl SeenSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slot_stays_small() {
+        // Expiry and fingerprint only: one callback costs two of these (dedupe, replay).
+        assert_eq!(std::mem::size_of::<Slot>(), 16);
+    }
 
     #[test]
     fn remembers_until_expiry_and_compares_fingerprints() {

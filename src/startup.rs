@@ -263,6 +263,9 @@ impl Application {
                 sweep_state.dedupe.sweep(now);
                 sweep_state.replay.sweep(now);
                 crate::telemetry::tracked_groups(limiter.tracked_groups());
+                crate::telemetry::cached_groups(sweep_state.bot.cached_groups().await);
+                crate::telemetry::remembered("dedupe", sweep_state.dedupe.len());
+                crate::telemetry::remembered("replay", sweep_state.replay.len());
             }
         });
         tracing::info!(port, "dingbot listening");

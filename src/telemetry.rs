@@ -134,6 +134,16 @@ pub fn tracked_groups(n: usize) {
     gauge!("dingbot_tracked_groups").set(n as f64);
 }
 
+/// Sets the number of groups whose summary is cached.
+pub fn cached_groups(n: u64) {
+    gauge!("dingbot_cached_groups").set(n as f64);
+}
+
+/// Sets how many msgIds and signature pairs are remembered (dedupe and replay defence).
+pub fn remembered(set: &'static str, n: usize) {
+    gauge!("dingbot_remembered_entries", "set" => set).set(n as f64);
+}
+
 /// Records how far a verified caller's clock is from ours.
 pub fn clock_skew(skew_ms: i64) {
     gauge!("dingbot_clock_skew_seconds").set(skew_ms as f64 / 1000.0);

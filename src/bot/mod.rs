@@ -33,6 +33,8 @@ pub struct BotOptions {
     pub lookup_deadline: Duration,
     /// How long a group's summary is reused; zero disables the cache.
     pub info_ttl: Duration,
+    /// Most summaries cached at once.
+    pub info_max_groups: u64,
     /// `group_info.sources`.
     pub sources: Vec<InfoSource>,
     /// `group_info.denied_backoff_secs`.
@@ -48,6 +50,7 @@ impl BotOptions {
             lookup_deadline: Duration::from_millis(settings.dingtalk.request_timeout_ms)
                 .mul_f64(2.0),
             info_ttl: Duration::from_secs(settings.bot.info_cache_ttl_secs),
+            info_max_groups: settings.bot.info_cache_max_groups,
             sources: settings.group_info.sources.clone(),
             denied_backoff: Duration::from_secs(settings.group_info.denied_backoff_secs),
             admin_user_ids: settings.bot.admin_user_ids.clone(),
@@ -318,7 +321,7 @@ impl Bot {
         }
         let info_cache = (!options.info_ttl.is_zero()).then(|| {
             moka::future::Cache::builder()
-                .max_capacity(100_000)
+                .max_capacity(options.info_max_groups)
                 .time_to_live(options.info_ttl)
                 .build()
         });
@@ -366,6 +369,17 @@ impl Bot {
             })
             .await
             .map_err(|e| (*e).clone())
+    }
+
+    /// Applies pending cache expiries and returns how many group summaries are cached.
+    pub async fn cached_groups(&self) -> u64 {
+        match &self.info_cache {
+            Some(cache) => {
+                cache.run_pending_tasks().await;
+                cache.entry_count()
+            }
+            None => 0,
+        }
     }
 
     /// The renderer (the HTTP layer renders the slow-down notice with it).

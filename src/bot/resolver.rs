@@ -36,7 +36,7 @@ const NAME_TTL: Duration = Duration::from_secs(3600);
 /// Most owner names kept.
 const NAME_CAPACITY: u64 = 10_000;
 /// Most (source, group) refusals remembered.
-const REFUSAL_CAPACITY: u64 = 100_000;
+const REFUSAL_CAPACITY: u64 = 20_000;
 /// Longest DingTalk message quoted in a reply.
 const MAX_QUOTED: usize = 100;
 

@@ -131,8 +131,10 @@ pub struct DingTalkClient {
     refresh: tokio::sync::Mutex<()>,
     /// Retry behaviour for API calls.
     retry: RetryPolicy,
-    /// Reply POSTs on the wire at once (`dingtalk.max_parallel_sends`).
-    send_slots: tokio::sync::Semaphore,
+    /// API calls on the wire at once (`dingtalk.max_parallel_requests`).
+    api_slots: tokio::sync::Semaphore,
+    /// Reply POSTs on the wire at once (as many again: a slow API never holds up replies).
+    reply_slots: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for DingTalkClient {
@@ -144,8 +146,11 @@ impl std::fmt::Debug for DingTalkClient {
     }
 }
 
-/// Reply POSTs on the wire at once unless configured otherwise.
-pub const DEFAULT_PARALLEL_SENDS: usize = 32;
+/// The endpoint name of reply POSTs (metrics label, slot pool).
+const SEND_BY_SESSION: &str = "sendBySession";
+
+/// Requests to DingTalk on the wire at once unless configured otherwise.
+pub const DEFAULT_PARALLEL_REQUESTS: usize = 32;
 
 /// Builds the shared outbound HTTP client.
 pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
@@ -182,7 +187,8 @@ impl DingTalkClient {
             token: RwLock::new(None),
             refresh: tokio::sync::Mutex::new(()),
             retry,
-            send_slots: tokio::sync::Semaphore::new(DEFAULT_PARALLEL_SENDS),
+            api_slots: tokio::sync::Semaphore::new(DEFAULT_PARALLEL_REQUESTS),
+            reply_slots: tokio::sync::Semaphore::new(DEFAULT_PARALLEL_REQUESTS),
         }
     }
 
@@ -201,13 +207,16 @@ impl DingTalkClient {
             dt.app_secret.clone(),
             retry,
         )
-        .with_parallel_sends(dt.max_parallel_sends)
+        .with_parallel_requests(dt.max_parallel_requests)
     }
 
-    /// Caps the reply POSTs on the wire at once (default 32). Replies beyond it wait their
-    /// turn, so the pool keeps a few warm connections instead of opening one per reply.
-    pub fn with_parallel_sends(mut self, n: usize) -> DingTalkClient {
-        self.send_slots = tokio::sync::Semaphore::new(n.max(1));
+    /// Caps the API calls, and separately the reply POSTs, on the wire at once (default
+    /// 32 each). Requests beyond it wait their turn, so the pool keeps a few warm
+    /// connections (and their buffers) instead of opening one per pending reply; with two
+    /// separate caps a slow API never holds up replies.
+    pub fn with_parallel_requests(mut self, n: usize) -> DingTalkClient {
+        self.api_slots = tokio::sync::Semaphore::new(n.max(1));
+        self.reply_slots = tokio::sync::Semaphore::new(n.max(1));
         self
     }
 
@@ -421,15 +430,13 @@ impl DingTalkClient {
     ) -> Result<(), ApiError> {
         #[derive(Deserialize)]
         struct Ack {}
-        self.with_retries_if("sendBySession", ApiError::surely_not_delivered, || async {
-            // A slot per attempt: none is held while backing off.
-            let _slot = self.send_slots.acquire().await;
+        self.with_retries_if(SEND_BY_SESSION, ApiError::surely_not_delivered, || async {
             let req = self
                 .http
                 .post(webhook.clone())
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body.clone());
-            self.send_oapi::<Ack>("sendBySession", req)
+            self.send_oapi::<Ack>(SEND_BY_SESSION, req)
                 .await
                 .map(|_| ())
         })
@@ -513,7 +520,7 @@ impl DingTalkClient {
         endpoint: &'static str,
         req: reqwest::RequestBuilder,
     ) -> Result<T, ApiError> {
-        let (status, body) = send(endpoint, req).await?;
+        let (status, body) = self.send(endpoint, req).await?;
         // Fast path: a 2xx whose errcode is absent or 0 parses straight into `T`.
         #[derive(Deserialize)]
         struct Envelope {
@@ -568,7 +575,7 @@ impl DingTalkClient {
         endpoint: &'static str,
         req: reqwest::RequestBuilder,
     ) -> Result<T, ApiError> {
-        let (status, body) = send(endpoint, req).await?;
+        let (status, body) = self.send(endpoint, req).await?;
         if (200..300).contains(&status) {
             return serde_json::from_slice(&body)
                 .map_err(|_| ApiError::BadBody { endpoint, status });
@@ -610,6 +617,24 @@ impl DingTalkClient {
 }
 
 /// Sends and reads the whole body; transport errors lose their URL (it may hold a token).
+impl DingTalkClient {
+    /// Sends `req` once a slot is free and reads the whole answer. A slot is held per
+    /// attempt only, never while backing off, and never while waiting for another slot.
+    async fn send(
+        &self,
+        endpoint: &'static str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(u16, bytes::Bytes), ApiError> {
+        let slots = if endpoint == SEND_BY_SESSION {
+            &self.reply_slots
+        } else {
+            &self.api_slots
+        };
+        let _slot = slots.acquire().await;
+        send(endpoint, req).await
+    }
+}
+
 async fn send(
     endpoint: &'static str,
     req: reqwest::RequestBuilder,
