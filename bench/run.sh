@@ -459,7 +459,7 @@ for s in $SCENARIOS; do
             valid "/help" "$EXTRA_CONNS" 3600
         ;;
     forged)
-        scenario "forged-c$EXTRA_CONNS" "forged sign → 401 (server closes the connection each time)" \
+        scenario "forged-c$EXTRA_CONNS" "forged sign → 401 (connection kept alive)" \
             forged "/info" "$EXTRA_CONNS" 3600
         ;;
     groups) groups_scenario ;;
