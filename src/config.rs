@@ -247,7 +247,7 @@ fn defaults() -> serde_json::Value {
             "language": "zh",
             "inline_mention": false,
             "info_cache_ttl_secs": 60,
-            "info_cache_max_groups": 20_000,
+            "info_cache_max_groups": 10_000,
             "admin_user_ids": [],
         },
         "log": { "format": "text" },

@@ -13,13 +13,53 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
-/// One remembered key: 16 bytes, and there can be millions.
+/// What a set keeps per key. There can be millions, so every byte counts twice (the
+/// hash table keeps between 1.1 and 2.3 buckets per entry).
+pub trait SlotKind: Copy + Send + Sync + std::fmt::Debug + 'static {
+    /// A slot for a first message with `fingerprint`, forgotten at `expires_ms`.
+    fn new(expires_ms: i64, fingerprint: u64) -> Self;
+    /// When the slot may be forgotten, ms since the epoch.
+    fn expires_ms(&self) -> i64;
+    /// Fingerprint of the first message (0 where none is kept).
+    fn first(&self) -> u64;
+}
+
+/// Expiry and the fingerprint of the first message: 16 bytes (replay defence).
 #[derive(Debug, Clone, Copy)]
-struct Slot {
-    /// When the entry may be forgotten, ms since the epoch.
+pub struct Slot {
     expires_ms: i64,
-    /// Fingerprint of the first message seen under this key.
     first: u64,
+}
+
+impl SlotKind for Slot {
+    fn new(expires_ms: i64, first: u64) -> Slot {
+        Slot { expires_ms, first }
+    }
+    fn expires_ms(&self) -> i64 {
+        self.expires_ms
+    }
+    fn first(&self) -> u64 {
+        self.first
+    }
+}
+
+/// Expiry only, 8 bytes: for sets that only ask "seen before?" (msgId dedupe), whose
+/// fingerprint is always 0.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyOnly {
+    expires_ms: i64,
+}
+
+impl SlotKind for KeyOnly {
+    fn new(expires_ms: i64, _fingerprint: u64) -> KeyOnly {
+        KeyOnly { expires_ms }
+    }
+    fn expires_ms(&self) -> i64 {
+        self.expires_ms
+    }
+    fn first(&self) -> u64 {
+        0
+    }
 }
 
 /// What [`SeenSet::record`] found.
@@ -37,9 +77,9 @@ pub enum Seen {
 
 /// A bounded, expiring map from key to up to `per_key` message fingerprints.
 #[derive(Debug)]
-pub struct SeenSet {
+pub struct SeenSet<S: SlotKind = Slot> {
     /// key hash → slot.
-    map: DashMap<u64, Slot>,
+    map: DashMap<u64, S>,
     /// Expiry and fingerprints of further distinct messages per key; only used when
     /// `per_key` > 1. Locked only while holding the key's `map` entry (never the reverse).
     more: DashMap<u64, (i64, Vec<u64>)>,
@@ -55,9 +95,23 @@ pub struct SeenSet {
     last_full_sweep_ms: AtomicI64,
 }
 
-impl SeenSet {
+impl SeenSet<Slot> {
     /// A set of at most `capacity` keys living `ttl_ms`, each allowing `per_key` messages.
-    pub fn new(capacity: usize, ttl_ms: i64, per_key: usize) -> SeenSet {
+    pub fn new(capacity: usize, ttl_ms: i64, per_key: usize) -> SeenSet<Slot> {
+        SeenSet::build(capacity, ttl_ms, per_key)
+    }
+}
+
+impl SeenSet<KeyOnly> {
+    /// A set of at most `capacity` keys living `ttl_ms` that records keys only: `record`
+    /// must be given fingerprint 0, and a known key is always [`Seen::Again`].
+    pub fn keys_only(capacity: usize, ttl_ms: i64) -> SeenSet<KeyOnly> {
+        SeenSet::build(capacity, ttl_ms, 1)
+    }
+}
+
+impl<S: SlotKind> SeenSet<S> {
+    fn build(capacity: usize, ttl_ms: i64, per_key: usize) -> SeenSet<S> {
         SeenSet {
             map: DashMap::new(),
             more: DashMap::new(),
@@ -92,10 +146,10 @@ impl SeenSet {
                 return Seen::Full;
             }
         }
-        let fresh = Slot {
-            expires_ms: now_ms.max(valid_from_ms).saturating_add(self.ttl_ms),
-            first: fingerprint,
-        };
+        let fresh = S::new(
+            now_ms.max(valid_from_ms).saturating_add(self.ttl_ms),
+            fingerprint,
+        );
         match self.map.entry(key) {
             Entry::Vacant(v) => {
                 v.insert(fresh);
@@ -103,12 +157,12 @@ impl SeenSet {
             }
             Entry::Occupied(mut o) => {
                 let slot = o.get_mut();
-                if slot.expires_ms <= now_ms {
+                if slot.expires_ms() <= now_ms {
                     *slot = fresh;
                     self.more.remove(&key);
                     return Seen::New;
                 }
-                if slot.first == fingerprint {
+                if slot.first() == fingerprint {
                     return Seen::Again;
                 }
                 if self.per_key == 1 {
@@ -117,7 +171,7 @@ impl SeenSet {
                 // The slot's entry lock is held, so no other caller races on `more[key]`.
                 let mut extra = self.more.entry(key).or_default();
                 let (expires_ms, fingerprints) = &mut *extra;
-                *expires_ms = slot.expires_ms;
+                *expires_ms = slot.expires_ms();
                 if fingerprints.contains(&fingerprint) {
                     Seen::Again
                 } else if 1 + fingerprints.len() < self.per_key {
@@ -138,7 +192,7 @@ impl SeenSet {
 
     /// Drops expired entries.
     pub fn sweep(&self, now_ms: i64) {
-        self.map.retain(|_, slot| slot.expires_ms > now_ms);
+        self.map.retain(|_, slot| slot.expires_ms() > now_ms);
         self.more.retain(|_, (expires_ms, _)| *expires_ms > now_ms);
     }
 
@@ -154,7 +208,7 @@ impl SeenSet {
 
     /// Whether `key` is remembered and unexpired at `now_ms`.
     pub fn contains(&self, key: u64, now_ms: i64) -> bool {
-        self.map.get(&key).is_some_and(|s| s.expires_ms > now_ms)
+        self.map.get(&key).is_some_and(|s| s.expires_ms() > now_ms)
     }
 }
 
@@ -163,9 +217,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_slot_stays_small() {
-        // Expiry and fingerprint only: one callback costs two of these (dedupe, replay).
+    fn slots_stay_small() {
+        // One accepted callback costs one of each for the signature window (1 h).
         assert_eq!(std::mem::size_of::<Slot>(), 16);
+        assert_eq!(std::mem::size_of::<KeyOnly>(), 8);
+    }
+
+    #[test]
+    fn a_key_only_set_answers_seen_before() {
+        let s = SeenSet::keys_only(10, 1_000);
+        assert_eq!(s.record(1, 0, 0, 0), Seen::New);
+        assert_eq!(s.record(1, 0, 500, 500), Seen::Again);
+        assert!(s.contains(1, 999));
+        assert!(!s.contains(1, 1_000));
+        assert_eq!(s.record(1, 0, 1_000, 1_000), Seen::New);
     }
 
     #[test]

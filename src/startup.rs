@@ -19,7 +19,7 @@ use crate::dingtalk::client::http_client;
 use crate::dingtalk::{DingTalkClient, RetryPolicy, Verifier, WebhookPolicy};
 use crate::ratelimit::GroupLimiter;
 use crate::render::Renderer;
-use crate::seen::SeenSet;
+use crate::seen::{KeyOnly, SeenSet};
 use crate::store::BindingStore;
 
 /// Upper bound on remembered msgIds and on remembered signature pairs (each).
@@ -36,7 +36,7 @@ pub struct AppState {
     /// Where replies may go.
     pub webhooks: WebhookPolicy,
     /// msgIds already handled, for the signature window.
-    pub dedupe: SeenSet,
+    pub dedupe: SeenSet<KeyOnly>,
     /// (timestamp, sign) → the message(s) it carried, for the signature window.
     pub replay: SeenSet,
     /// Per-group budget.
@@ -205,7 +205,7 @@ impl Application {
             // A (timestamp, sign) pair is only accepted within the clock window of its
             // timestamp, and DingTalk's redeliveries carry the same msgId within minutes:
             // remembering both for one window is enough.
-            dedupe: SeenSet::new(SEEN_CAPACITY, window_ms, 1),
+            dedupe: SeenSet::keys_only(SEEN_CAPACITY, window_ms),
             replay: SeenSet::new(SEEN_CAPACITY, window_ms, dt.max_messages_per_signature),
             limiter: limiter.clone(),
             bot,
