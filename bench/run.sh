@@ -23,6 +23,8 @@
 #                       (bench/out/perf-<scenario>.data; needs linux-perf)
 #   QUIET_WAIT [0]      wait up to this many seconds for the load average to drop below 1
 #   RUST_LOG            passed to dingbot (default: dingbot's own, i.e. info)
+#   MAX_IN_FLIGHT [1024], MAX_PARALLEL [32]: server.max_in_flight and
+#                       dingtalk.max_parallel_requests of the generated config
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -176,6 +178,7 @@ max_in_flight = ${MAX_IN_FLIGHT:-1024}
 app_key = "$APP_KEY"
 app_secret = "$APP_SECRET"
 oapi_base = "$SANDBOX_URL"
+max_parallel_requests = ${MAX_PARALLEL:-32}
 api_base = "$SANDBOX_URL"
 
 [rate_limit]

@@ -67,6 +67,11 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Callbacks holding an in-flight slot: accepted, reply not yet out.
+    pub fn callbacks_in_flight(&self) -> usize {
+        (self.max_in_flight as usize).saturating_sub(self.in_flight.available_permits())
+    }
+
     /// Whether a callback with this msgId was accepted within the window.
     pub fn handled_msg_id(&self, msg_id: &str) -> bool {
         self.dedupe
@@ -263,6 +268,7 @@ impl Application {
                 sweep_state.dedupe.sweep(now);
                 sweep_state.replay.sweep(now);
                 crate::telemetry::tracked_groups(limiter.tracked_groups());
+                crate::telemetry::callbacks_in_flight(sweep_state.callbacks_in_flight());
                 crate::telemetry::cached_groups(sweep_state.bot.cached_groups().await);
                 crate::telemetry::remembered("dedupe", sweep_state.dedupe.len());
                 crate::telemetry::remembered("replay", sweep_state.replay.len());

@@ -36,6 +36,7 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     crate::telemetry::prometheus();
     crate::telemetry::tracked_groups(state.limiter.tracked_groups());
+    crate::telemetry::callbacks_in_flight(state.callbacks_in_flight());
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(crate::telemetry::render_metrics())

@@ -351,7 +351,7 @@ async fn metrics_move_with_traffic_without_group_ids_or_secrets() {
 
     // (name, labels, expected minimal increase). The recorder is shared by every test in
     // this binary, so only lower bounds on the increase hold.
-    let series: [(&str, Labels, f64); 5] = [
+    let series: [(&str, Labels, f64); 6] = [
         ("dingbot_callbacks_total", &[("outcome", "accepted")], 1.0),
         (
             "dingbot_callbacks_total",
@@ -363,6 +363,11 @@ async fn metrics_move_with_traffic_without_group_ids_or_secrets() {
         (
             "dingbot_api_calls_total",
             &[("endpoint", "chat/get"), ("code", "0")],
+            1.0,
+        ),
+        (
+            "dingbot_api_calls_total",
+            &[("endpoint", "sendBySession"), ("code", "0")],
             1.0,
         ),
     ];

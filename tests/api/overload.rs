@@ -132,3 +132,31 @@ async fn unfamiliar_message_type_with_unusual_content_gets_the_text_only_reply()
     let text = app.reply_text(&out.session).await;
     assert!(text.contains("只看得懂文字命令"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_held_by_pending_replies_are_reported_until_the_reply_is_out() {
+    let (app, busy) = one_slot_held(0, Duration::from_millis(800)).await;
+    assert_eq!(app.state.callbacks_in_flight(), 1);
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("dingbot_callbacks_in_flight ")),
+        "{metrics}"
+    );
+    app.replies(&busy.session, 1).await;
+    // The slot is released just after the reply POST returns: poll (bounded).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while app.state.callbacks_in_flight() != 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(app.state.callbacks_in_flight(), 0);
+}
