@@ -1,6 +1,7 @@
 //! The robot's behaviour: which reply a verified callback gets.
 //!
-//! [`Bot::respond`] turns a [`Callback`] into a [`Rendered`] reply; it calls DingTalk
+//! [`Bot::respond`] turns a [`Callback`] into a reply (a [`Rendered`] template, serialized
+//! as far as a [`MarkdownHead`]; a cached group's `/info` answer is shared); it calls DingTalk
 //! through [`DingTalkClient`] but knows nothing about HTTP servers, signatures or limits.
 //! Every failure becomes a specific reply, never a raw error code alone.
 //!
@@ -18,6 +19,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::{InfoSource, Settings};
+use crate::dingtalk::outbound::MarkdownHead;
 use crate::dingtalk::{ApiError, Body, Callback, ConversationKind, DingTalkClient};
 use crate::render::{Rendered, Renderer, Template};
 use crate::store::{Binding, BindingStore};
@@ -84,7 +86,8 @@ pub struct Bot {
 #[derive(Debug)]
 struct Looked {
     summary: GroupSummary,
-    reply: std::sync::OnceLock<Rendered>,
+    /// The `/info` answer for `summary`, rendered and serialized on first use.
+    reply: std::sync::OnceLock<Arc<MarkdownHead>>,
 }
 
 impl Looked {
@@ -94,6 +97,23 @@ impl Looked {
             reply: std::sync::OnceLock::new(),
         })
     }
+}
+
+/// A reply made for this callback, or one shared with every caller that gets the same answer.
+enum Answer {
+    Fresh(Rendered),
+    Shared(Arc<MarkdownHead>),
+}
+
+impl From<Rendered> for Answer {
+    fn from(rendered: Rendered) -> Answer {
+        Answer::Fresh(rendered)
+    }
+}
+
+/// The message body for `rendered`, up to the per-reply part.
+pub fn head(rendered: &Rendered) -> MarkdownHead {
+    MarkdownHead::new(&rendered.title, &rendered.text)
 }
 
 impl std::fmt::Debug for Bot {
@@ -388,13 +408,20 @@ impl Bot {
     }
 
     /// The reply for a verified, accepted callback.
-    pub async fn respond(&self, cb: &Callback) -> Rendered {
+    pub async fn respond(&self, cb: &Callback) -> Arc<MarkdownHead> {
+        match Box::pin(self.answer(cb)).await {
+            Answer::Fresh(rendered) => Arc::new(head(&rendered)),
+            Answer::Shared(head) => head,
+        }
+    }
+
+    async fn answer(&self, cb: &Callback) -> Answer {
         let text = match &cb.body {
             Body::Text(t) => t,
             Body::Other(kind) => {
                 tracing::debug!(msgtype = %kind, "non-text message");
                 telemetry::command("not_text");
-                return self.renderer.render(Template::NotText, &());
+                return self.renderer.render(Template::NotText, &()).into();
             }
         };
         let command = command::parse(text);
@@ -402,13 +429,15 @@ impl Bot {
         // Counted in metrics; a log line per command would cost more than the reply.
         tracing::debug!(command = command.name(), "command");
         match command {
-            Command::Help => self.help(None),
-            Command::Unknown(word) => self.help(Some(&word)),
+            Command::Help => self.help(None).into(),
+            Command::Unknown(word) => self.help(Some(&word)).into(),
             Command::Info => match cb.kind {
-                ConversationKind::OneToOne => self.renderer.render(Template::PrivateOnly, &()),
+                ConversationKind::OneToOne => {
+                    self.renderer.render(Template::PrivateOnly, &()).into()
+                }
                 ConversationKind::Group => self.info(cb).await,
             },
-            Command::Bind(chatid) => Box::pin(self.bind(cb, &chatid)).await,
+            Command::Bind(chatid) => Box::pin(self.bind(cb, &chatid)).await.into(),
         }
     }
 
@@ -420,7 +449,7 @@ impl Bot {
         self.renderer.render(Template::Help, &HelpView { unknown })
     }
 
-    async fn info(&self, cb: &Callback) -> Rendered {
+    async fn info(&self, cb: &Callback) -> Answer {
         // A cache hit needs neither the deadline nor the (large) resolver future.
         let hit = match &self.info_cache {
             Some(cache) => cache.get(&cb.conversation_id).await,
@@ -441,32 +470,40 @@ impl Bot {
                 let summary = &looked.summary;
                 let reasons = summary.why(Field::Name);
                 let denied_scopes = denied_scopes(&reasons);
-                self.renderer.render(
-                    Template::Unbound,
-                    &UnboundView {
-                        title: cb.conversation_title.as_deref(),
-                        conversation_id: &cb.conversation_id,
-                        reasons,
-                        denied_scopes,
-                    },
-                )
+                self.renderer
+                    .render(
+                        Template::Unbound,
+                        &UnboundView {
+                            title: cb.conversation_title.as_deref(),
+                            conversation_id: &cb.conversation_id,
+                            reasons,
+                            denied_scopes,
+                        },
+                    )
+                    .into()
             }
-            Ok(Ok(looked)) => looked
-                .reply
-                .get_or_init(|| {
-                    self.renderer
-                        .render(Template::Info, &InfoView::from_summary(&looked.summary))
-                })
-                .clone(),
+            Ok(Ok(looked)) => Answer::Shared(
+                looked
+                    .reply
+                    .get_or_init(|| {
+                        let rendered = self
+                            .renderer
+                            .render(Template::Info, &InfoView::from_summary(&looked.summary));
+                        Arc::new(head(&rendered))
+                    })
+                    .clone(),
+            ),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "group lookup failed");
                 self.renderer
                     .render(Template::InfoError, &ErrorView::from_api(&e))
+                    .into()
             }
             Err(_) => {
                 tracing::warn!("group lookup hit its deadline");
                 self.renderer
                     .render(Template::InfoError, &ErrorView::slow())
+                    .into()
             }
         }
     }

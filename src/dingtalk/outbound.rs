@@ -69,42 +69,60 @@ impl WebhookPolicy {
     }
 }
 
+/// A markdown message for a sessionWebhook, serialized up to the end of its text: the part
+/// every reply with the same rendered text shares (a cached `/info` answer is escaped once,
+/// not once per reply). [`MarkdownHead::finish`] appends what differs per reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkdownHead {
+    /// `{"msgtype":"markdown","markdown":{"title":"…","text":"…` (no closing quote).
+    bytes: Vec<u8>,
+}
+
+/// `s` as a JSON string literal, quotes included.
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    // Serializing a string into memory cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+impl MarkdownHead {
+    /// The shared part of a message with this title and text.
+    pub fn new(title: &str, text: &str) -> MarkdownHead {
+        let mut bytes = Vec::with_capacity(64 + title.len() + text.len() + text.len() / 8);
+        bytes.extend_from_slice(br#"{"msgtype":"markdown","markdown":{"title":"#);
+        json_string(&mut bytes, title);
+        bytes.extend_from_slice(br#","text":"#);
+        json_string(&mut bytes, text);
+        bytes.pop(); // the closing quote: `finish` may extend the text
+        MarkdownHead { bytes }
+    }
+
+    /// The whole JSON body: the text followed by `text_suffix`, @-mentioning `at_user` when
+    /// known. Serialized once per reply, so retries resend the same bytes.
+    pub fn finish(&self, text_suffix: Option<&str>, at_user: Option<&str>) -> bytes::Bytes {
+        let extra = text_suffix.map_or(0, str::len) + at_user.map_or(0, str::len);
+        let mut out = Vec::with_capacity(self.bytes.len() + 64 + 2 * extra);
+        out.extend_from_slice(&self.bytes);
+        if let Some(suffix) = text_suffix {
+            // JSON escaping works character by character, so escaping the suffix on its own
+            // and dropping its quotes continues the open string correctly.
+            let start = out.len();
+            json_string(&mut out, suffix);
+            out.pop();
+            out.remove(start);
+        }
+        out.extend_from_slice(br#""},"at":{"atUserIds":["#);
+        if let Some(id) = at_user {
+            json_string(&mut out, id);
+        }
+        out.extend_from_slice(br#"],"isAtAll":false}}"#);
+        bytes::Bytes::from(out)
+    }
+}
+
 /// The JSON body of a markdown message for a sessionWebhook, @-mentioning `at_user` when
-/// known. Serialized once, so retries resend the same bytes.
+/// known.
 pub fn markdown_message(title: &str, text: &str, at_user: Option<&str>) -> bytes::Bytes {
-    #[derive(serde::Serialize)]
-    struct Message<'a> {
-        msgtype: &'static str,
-        markdown: Markdown<'a>,
-        at: At<'a>,
-    }
-    #[derive(serde::Serialize)]
-    struct Markdown<'a> {
-        title: &'a str,
-        text: &'a str,
-    }
-    #[derive(serde::Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct At<'a> {
-        at_user_ids: &'a [&'a str],
-        is_at_all: bool,
-    }
-    let at_user_ids = match &at_user {
-        Some(id) => std::slice::from_ref(id),
-        None => &[],
-    };
-    let message = Message {
-        msgtype: "markdown",
-        markdown: Markdown { title, text },
-        at: At {
-            at_user_ids,
-            is_at_all: false,
-        },
-    };
-    let mut out = Vec::with_capacity(96 + title.len() + text.len());
-    // Serializing plain strings and bools into memory cannot fail.
-    let _ = serde_json::to_writer(&mut out, &message);
-    bytes::Bytes::from(out)
+    MarkdownHead::new(title, text).finish(None, at_user)
 }
 
 #[cfg(test)]
@@ -126,6 +144,30 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_slice(&markdown_message("t", "x", None)).unwrap();
         assert_eq!(v["at"]["atUserIds"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn a_shared_head_finishes_into_the_same_json_as_one_message() {
+        let text = "**名称** \"引号\" \\ 反斜杠\n\t制表\u{1}";
+        let head = MarkdownHead::new("群信息 \"x\"", text);
+        for (suffix, at) in [
+            (None, None),
+            (Some("\n\n@user\"1\\"), Some("user\"1\\")),
+            (Some(""), Some("")),
+        ] {
+            let body = head.finish(suffix, at);
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let whole = format!("{text}{}", suffix.unwrap_or(""));
+            let at_ids: Vec<&str> = at.into_iter().collect();
+            assert_eq!(
+                v,
+                serde_json::json!({
+                    "msgtype": "markdown",
+                    "markdown": { "title": "群信息 \"x\"", "text": whole },
+                    "at": { "atUserIds": at_ids, "isAtAll": false },
+                })
+            );
+        }
     }
 
     fn policy() -> WebhookPolicy {

@@ -5,6 +5,7 @@
 //! refused; the reply is sent by a tracked background task so the HTTP answer is prompt and
 //! graceful shutdown can wait for it.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -15,10 +16,9 @@ use tracing::Instrument;
 use url::Url;
 
 use super::error::Rejection;
-use crate::dingtalk::outbound::markdown_message;
 use crate::dingtalk::{ApiError, Callback, RobotMessage};
 use crate::ratelimit::Decision;
-use crate::render::{Rendered, Template, escape_markdown};
+use crate::render::{Template, escape_markdown};
 use crate::seen::Seen;
 use crate::startup::AppState;
 use crate::telemetry::{self, Outcome};
@@ -285,7 +285,7 @@ fn spawn_reply(
     let limiter = state.limiter.clone();
     let inline_mention = state.inline_mention;
     let task = async move {
-        let rendered: Rendered = match reply {
+        let head = match reply {
             // Boxed, like the send below: the task then stays a few hundred bytes instead
             // of ~25 KB copied at every spawn.
             Reply::Command => Box::pin(bot.respond(&cb)).await,
@@ -294,20 +294,21 @@ fn spawn_reply(
                 struct SlowView {
                     retry_after_secs: u64,
                 }
-                bot.renderer().render(
+                let rendered = bot.renderer().render(
                     Template::SlowDown,
                     &SlowView {
                         retry_after_secs: secs,
                     },
-                )
+                );
+                Arc::new(crate::bot::head(&rendered))
             }
         };
         let mention = cb.sender_staff_id.as_deref();
-        let text = match (inline_mention, mention) {
-            (true, Some(id)) => format!("{}\n\n@{}", rendered.text, escape_markdown(id)),
-            _ => rendered.text,
+        let inline = match (inline_mention, mention) {
+            (true, Some(id)) => Some(format!("\n\n@{}", escape_markdown(id))),
+            _ => None,
         };
-        let message = markdown_message(&rendered.title, &text, mention);
+        let message = head.finish(inline.as_deref(), mention);
         match Box::pin(client.send_to_webhook(&webhook, &message)).await {
             Ok(()) => {
                 telemetry::reply("sent");
