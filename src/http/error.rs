@@ -100,6 +100,18 @@ impl Rejection {
             }
             _ => {}
         }
-        builder.json(serde_json::json!({ "error": self.code(), "message": self.to_string() }))
+        #[derive(serde::Serialize)]
+        struct ErrorBody<'a> {
+            error: &'static str,
+            message: &'a str,
+        }
+        let message = self.to_string();
+        let body = ErrorBody {
+            error: self.code(),
+            message: &message,
+        };
+        // A struct of two strings serializes into memory without error.
+        let json = serde_json::to_vec(&body).unwrap_or_default();
+        builder.content_type("application/json").body(json)
     }
 }
