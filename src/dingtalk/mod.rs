@@ -12,4 +12,4 @@ pub use client::{ChatInfo, DingTalkClient, RetryPolicy};
 pub use error::ApiError;
 pub use inbound::{Body, Callback, ConversationKind, RobotMessage};
 pub use outbound::{WebhookPolicy, WebhookRefusal};
-pub use signature::{SignatureError, Verifier};
+pub use signature::{SignatureError, Verified, Verifier};

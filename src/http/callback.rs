@@ -16,7 +16,7 @@ use tracing::Instrument;
 use url::Url;
 
 use super::error::Rejection;
-use crate::dingtalk::{ApiError, Callback, RobotMessage};
+use crate::dingtalk::{ApiError, Callback, RobotMessage, Verified};
 use crate::ratelimit::Decision;
 use crate::render::{Template, escape_markdown};
 use crate::seen::Seen;
@@ -38,10 +38,23 @@ pub async fn callback(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let request_id = state.next_request_id();
-    let span = tracing::info_span!("callback", request_id);
-    let result = handle(&req, &mut payload, &state)
-        .instrument(span.clone())
-        .await;
+    // 1. Signature, from headers only: a forged request costs a hash, never waits for a
+    // slot, and gets no span (its one log line, if sampled, names the request itself).
+    let now = now_ms();
+    let (result, span) = match state.verifier.verify(
+        single_header(&req, "timestamp"),
+        single_header(&req, "sign"),
+        now,
+    ) {
+        Ok(verified) => {
+            let span = tracing::info_span!("callback", request_id);
+            let result = handle(&req, &mut payload, &state, now, verified)
+                .instrument(span.clone())
+                .await;
+            (result, Some(span))
+        }
+        Err(e) => (Err(Rejection::Signature(e)), None),
+    };
     match result {
         Ok((response, outcome)) => {
             telemetry::callback(outcome);
@@ -54,13 +67,15 @@ pub async fn callback(
                 tracing::warn!(suppressed, "more callbacks were refused than logged");
             }
             if log_this {
-                span.in_scope(|| {
-                    tracing::warn!(
-                        status = rejection.status().as_u16(),
-                        reason = %rejection,
-                        "callback refused"
-                    )
-                });
+                let status = rejection.status().as_u16();
+                match &span {
+                    Some(span) => span.in_scope(
+                        || tracing::warn!(status, reason = %rejection, "callback refused"),
+                    ),
+                    None => {
+                        tracing::warn!(request_id, status, reason = %rejection, "callback refused")
+                    }
+                }
             }
             if matches!(rejection, Rejection::Signature(_) | Rejection::Overloaded) {
                 discard_small_body(&req, &mut payload, state.body_limit).await;
@@ -125,20 +140,16 @@ fn single_header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a [u8]> {
     Some(first.as_bytes())
 }
 
+/// Everything after the signature check (`now` is the time it was checked at).
 async fn handle(
     req: &HttpRequest,
     payload: &mut web::Payload,
     state: &AppState,
+    now: i64,
+    verified: Verified,
 ) -> Result<(HttpResponse, Outcome), Rejection> {
-    // 1. Signature, from headers only: a forged request costs a hash and never waits.
-    let now = now_ms();
-    let timestamp = single_header(req, "timestamp");
-    let sign = single_header(req, "sign");
-    let verified = state
-        .verifier
-        .verify(timestamp, sign, now)
-        .map_err(Rejection::Signature)?;
     telemetry::clock_skew(verified.skew_ms);
+    let sign = single_header(req, "sign");
 
     // A slot, held until the reply is sent (bounds memory and outstanding work).
     let permit = acquire_slot(state).await?;
