@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use actix_web::http::header::{self, HeaderName};
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
@@ -42,8 +43,8 @@ pub async fn callback(
     // slot, and gets no span (its one log line, if sampled, names the request itself).
     let now = now_ms();
     let (result, span) = match state.verifier.verify(
-        single_header(&req, "timestamp"),
-        single_header(&req, "sign"),
+        single_header(&req, &TIMESTAMP),
+        single_header(&req, &SIGN),
         now,
     ) {
         Ok(verified) => {
@@ -91,7 +92,7 @@ pub async fn callback(
 async fn discard_small_body(req: &HttpRequest, payload: &mut web::Payload, limit: usize) {
     let declared = req
         .headers()
-        .get("content-length")
+        .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_none_or(|len| len > limit) {
@@ -130,8 +131,13 @@ async fn acquire_slot(state: &AppState) -> Result<OwnedSemaphorePermit, Rejectio
     Ok(permit)
 }
 
+/// DingTalk's signature headers. Looked up by a prebuilt name: a `&str` that is not a
+/// standard header name is converted (and allocated) on every lookup.
+static TIMESTAMP: HeaderName = HeaderName::from_static("timestamp");
+static SIGN: HeaderName = HeaderName::from_static("sign");
+
 /// A single header's raw bytes; `None` when absent or repeated.
-fn single_header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a [u8]> {
+fn single_header<'a>(req: &'a HttpRequest, name: &HeaderName) -> Option<&'a [u8]> {
     let mut values = req.headers().get_all(name);
     let first = values.next()?;
     if values.next().is_some() {
@@ -149,7 +155,7 @@ async fn handle(
     verified: Verified,
 ) -> Result<(HttpResponse, Outcome), Rejection> {
     telemetry::clock_skew(verified.skew_ms);
-    let sign = single_header(req, "sign");
+    let sign = single_header(req, &SIGN);
 
     // A slot, held until the reply is sent (bounds memory and outstanding work).
     let permit = acquire_slot(state).await?;
@@ -158,14 +164,14 @@ async fn handle(
     let limit = state.body_limit;
     if let Some(len) = req
         .headers()
-        .get("content-length")
+        .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         && len > limit as u64
     {
         return Err(Rejection::TooLarge(limit));
     }
-    if let Some(ct) = req.headers().get("content-type") {
+    if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
         let essence = ct
             .to_str()
             .unwrap_or("")
