@@ -17,6 +17,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 OUT=$ROOT/bench/out
 BIN=$ROOT/target/release/dingbot
 BARE_BIN=$ROOT/target/release/examples/bare_handler
@@ -44,29 +46,10 @@ fi
 
 WORK=$(mktemp -d)
 SANDBOX_PID="" TARGET_PID=""
-stop_pid() {
-    local pid=$1 i
-    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-cleanup() { stop_pid "$TARGET_PID"; stop_pid "$SANDBOX_PID"; rm -rf "$WORK"; }
+cleanup() { stop_pid "$TARGET_PID" 10; stop_pid "$SANDBOX_PID"; rm -rf "$WORK"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_http() { # url seconds
-    local i
-    for ((i = 0; i < $2 * 10; i++)); do
-        curl -fsS --max-time 1 -o /dev/null "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
 messages() {
     curl -fsS --max-time 2 "$SANDBOX_URL/_sandbox/stats" |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["messages"])'
@@ -158,7 +141,7 @@ for sc in $SCENARIOS; do
     fi
     REPLIES[$sc]=$(($(messages) - m1))
     callgrind_control -d "$TARGET_PID" >/dev/null 2>&1
-    stop_pid "$TARGET_PID"
+    stop_pid "$TARGET_PID" 10 # valgrind takes a while to exit
     TARGET_PID=""
     # The dump taken by -d is "<file>.1"; the one at exit (the shutdown) is discarded.
     [[ -f $dump.1 ]] || die "$sc: no callgrind dump"

@@ -29,6 +29,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 OUT=$ROOT/bench/out
 BIN=$ROOT/target/release/dingbot
 BARE_BIN=$ROOT/target/release/examples/bare_handler
@@ -100,18 +102,6 @@ WORK=$(mktemp -d /tmp/dingbot-bench.XXXXXX)
 SANDBOX_PID=""
 BOT_PID=""
 
-stop_pid() { # pid: TERM, wait up to 5 s, then KILL
-    local pid=$1 i
-    [[ -n $pid ]] || return 0
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
 cleanup() {
     stop_pid "$BOT_PID"
     stop_pid "$SANDBOX_PID"
@@ -120,19 +110,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 now_ms() { date +%s%3N; }
-
-wait_http() { # url seconds: wait until it answers 200
-    local url=$1 secs=$2 i
-    for ((i = 0; i < secs * 10; i++)); do
-        curl -fsS --max-time 1 -o /dev/null "$url" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
 
 proc_ticks() { # utime+stime of a whole process, in clock ticks
     sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
