@@ -1,4 +1,5 @@
-# Helpers shared by bench/run.sh and bench/instructions.sh (sourced, not run).
+# Helpers shared by the bench scripts (sourced, not run). soak.sh keeps its own stop_pid,
+# which also records the exit status.
 
 stop_pid() { # pid [seconds, default 5]: TERM, wait that long, then KILL
     local pid=$1 secs=${2:-5} i

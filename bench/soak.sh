@@ -19,6 +19,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 BIN=$ROOT/target/release/dingbot
+# shellcheck source=bench/lib.sh
+source bench/lib.sh # free_port, wait_http (stop_pid is redefined below)
 
 SOAK_SECONDS=${SOAK_SECONDS:-60}
 SOAK_RATE=${SOAK_RATE:-2000}
@@ -81,18 +83,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_http() { # url seconds: wait until it answers 200
-    local url=$1 secs=$2 i
-    for ((i = 0; i < secs * 10; i++)); do
-        curl -fsS --max-time 1 -o /dev/null "$url" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
 
 # ---- sandbox ---------------------------------------------------------------------------
 SANDBOX_PORT=$(free_port)
