@@ -121,7 +121,8 @@ for sc in $SCENARIOS; do
         cmd=("$BIN" serve --config "$WORK/$sc.toml")
     fi
     log "$sc: starting under callgrind"
-    valgrind --tool=callgrind --callgrind-out-file="$dump" "${cmd[@]}" >"$WORK/$sc.log" 2>&1 &
+    # shellcheck disable=SC2086 # CG_OPTS: extra valgrind options, word-split on purpose
+    valgrind --tool=callgrind ${CG_OPTS:-} --callgrind-out-file="$dump" "${cmd[@]}" >"$WORK/$sc.log" 2>&1 &
     TARGET_PID=$!
     wait_http "http://127.0.0.1:$port/readyz" 120 || { tail "$WORK/$sc.log" >&2; die "$sc did not start"; }
     mode=valid

@@ -15,6 +15,9 @@
 #     groups  GROUPS_TOTAL [1000000] callbacks (GROUPS_TEXT [/info]) from as many distinct
 #             groups, then the wait for eviction: peak RSS, what the limiter and caches hold
 #     bare    not dingbot: examples/bare_handler, the baseline (verify, parse, reply inline)
+#     bare-forged  the same baseline refusing forged signs (verify, 401): the rejection floor
+#     ab      A/B: this dingbot and AB_BIN [same binary; "bare" = the baseline] with AB_ENV,
+#             on core 0 at the same time, AB_ROUNDS [5] × DURATION; reports B/A CPU per request
 #   WARMUP [2]          unmeasured seconds before each scenario's runs
 #   BENCH_GROUPS [1000] groups the callbacks are spread over (cidGen0== … ), ≤ 5000
 #   SKIP_BUILD [0]      1: use the existing target/release/dingbot as is
@@ -91,7 +94,7 @@ if [[ $SKIP_BUILD == 1 && -x $BIN ]]; then
 else
     log "cargo build --release (no-op when up to date)"
     timeout 3600 cargo build --release --locked --quiet || die "build failed"
-    if [[ " $SCENARIOS " == *" bare "* ]]; then
+    if [[ " $SCENARIOS " == *" bare "* || " $SCENARIOS " == *" bare-forged "* || ${AB_BIN:-} == bare ]]; then
         timeout 3600 cargo build --release --locked --quiet --example bare_handler || die "build failed"
     fi
 fi
@@ -101,9 +104,11 @@ mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/dingbot-bench.XXXXXX)
 SANDBOX_PID=""
 BOT_PID=""
+AB_PID=""
 
 cleanup() {
     stop_pid "$BOT_PID"
+    stop_pid "$AB_PID"
     stop_pid "$SANDBOX_PID"
     if [[ $KEEP == 1 ]]; then log "work dir kept: $WORK"; else rm -rf "$WORK"; fi
 }
@@ -414,6 +419,109 @@ groups_scenario() {
     BOT_PID=""
 }
 
+# ---- ab: two servers at once on core 0 ----------------------------------------------------
+# A is this dingbot; B is AB_BIN (a dingbot binary, default the same one, or "bare") started
+# with AB_ENV (e.g. "DINGBOT_SERVER__MAX_IN_FLIGHT=32"). Both share core 0 and each gets its
+# own wrk (core 1) at EXTRA_CONNS connections, at the same time, for AB_ROUNDS rounds of
+# DURATION s. Whatever else the machine does then slows both alike, so the per-round ratio
+# B/A holds still where one server's µs/req, run after the other, moves by 20-40 %.
+# Writes $WORK/ab.md.
+bench_field() { # file field: a number from the BENCH line wrk printed
+    awk -v k="$2" '$1 == "BENCH" { for (i = 2; i <= NF; i++) if (index($i, k "=") == 1) print substr($i, length(k) + 2) }' "$1"
+}
+ab_scenario() {
+    local rounds=${AB_ROUNDS:-5} conns=$EXTRA_CONNS text=${AB_TEXT:-/info} bin_b=${AB_BIN:-$BIN}
+    [[ $rounds =~ ^[0-9]+$ && $rounds -ge 1 && $rounds -le 50 ]] || die "AB_ROUNDS must be 1..50"
+    log "scenario ab: A = dingbot, B = $bin_b${AB_ENV:+ with $AB_ENV}; $text, $rounds rounds × ${DURATION}s, $conns connections each"
+    curl -fsS --max-time 2 -X POST -o /dev/null "$SANDBOX_URL/_sandbox/reset" || die "sandbox reset failed"
+    new_table
+    CURSOR=0
+    local port_a=$BOT_PORT port_b
+    port_b=$(free_port)
+    write_config "$WORK/ab-a.toml" 3600
+    start_bot "$WORK/ab-a.toml" "$WORK/ab-a.log"
+    local pid_a=$BOT_PID
+    BOT_PORT=$port_b BOT_URL=http://127.0.0.1:$port_b
+    write_config "$WORK/ab-b.toml" 3600
+    if [[ $bin_b == bare ]]; then
+        start_bot "$WORK/ab-b.toml" "$WORK/ab-b.log" bare
+    else
+        local -a env_b
+        read -ra env_b <<<"${AB_ENV:-}"
+        env "${env_b[@]}" "${PIN_BOT[@]}" "$bin_b" serve --config "$WORK/ab-b.toml" >"$WORK/ab-b.log" 2>&1 &
+        BOT_PID=$!
+        wait_http "$BOT_URL/readyz" 20 || die "B did not start (see $WORK/ab-b.log)"
+    fi
+    AB_PID=$BOT_PID BOT_PID=$pid_a
+    BOT_PORT=$port_a BOT_URL=http://127.0.0.1:$port_a
+
+    local avail=$((DURATION * RATE_CAP)) round
+    printf 'round\tA req/s\tA µs/req\tB req/s\tB µs/req\tB/A\n' >"$WORK/ab.tsv"
+    for ((round = 0; round <= rounds; round++)); do # round 0 is the warm-up
+        ensure_table $((CURSOR + avail))
+        local ta0 tb0 m0 port secs=$DURATION
+        ((round == 0)) && secs=$((WARMUP > 0 ? WARMUP : 1))
+        ta0=$(proc_ticks "$BOT_PID")
+        tb0=$(proc_ticks "$AB_PID")
+        m0=$(sandbox_stat messages)
+        local -a wrk_pids=()
+        for port in "$port_a" "$port_b"; do
+            timeout $((secs + 60)) "${PIN_LOAD[@]}" wrk -t1 -c"$conns" -d"${secs}s" --timeout 5s \
+                -s "$ROOT/bench/callback.lua" "http://127.0.0.1:$port/dingtalk/callback" -- \
+                valid "$TABLE" "$CURSOR" "$avail" "$text" "$BENCH_GROUPS" "$HOOK" \
+                $(($(now_ms) + 3 * 3600 * 1000)) 1 "$(now_ms)" >"$WORK/wrk-$port.out" 2>&1 &
+            wrk_pids+=($!)
+        done
+        wait "${wrk_pids[@]}" || die "wrk failed: $(cat "$WORK"/wrk-*.out)"
+        local ra rb na nb ea eb
+        ra=$(bench_field "$WORK/wrk-$port_a.out" requests)
+        rb=$(bench_field "$WORK/wrk-$port_b.out" requests)
+        [[ -n $ra && -n $rb ]] || die "no BENCH line from wrk: $(cat "$WORK/wrk-$port_a.out" "$WORK/wrk-$port_b.out")"
+        ea=$(bench_field "$WORK/wrk-$port_a.out" non2xx)
+        eb=$(bench_field "$WORK/wrk-$port_b.out" non2xx)
+        na=$(bench_field "$WORK/wrk-$port_a.out" next_index)
+        nb=$(bench_field "$WORK/wrk-$port_b.out" next_index)
+        CURSOR=$((na > nb ? na : nb))
+        wait_replies "$m0" $((ra - ea + rb - eb))
+        local da db dm
+        da=$(($(proc_ticks "$BOT_PID") - ta0))
+        db=$(($(proc_ticks "$AB_PID") - tb0))
+        dm=$(($(sandbox_stat messages) - m0))
+        ((ea + eb == 0)) || log "  round $round: non-2xx A $ea, B $eb"
+        # wrk does not count the requests still open when it stops (up to conns each);
+        # dingbot took and answered those too.
+        ((dm >= ra + rb - ea - eb && dm <= ra + rb - ea - eb + 2 * conns)) ||
+            log "  round $round: $dm replies for $((ra + rb - ea - eb)) accepted callbacks"
+        ((round == 0)) && continue
+        python3 - "$round" "$ra" "$da" "$rb" "$db" "$CLK_TCK" "$DURATION" >>"$WORK/ab.tsv" <<'PY'
+import sys
+r, ra, da, rb, db, tck, secs = map(int, sys.argv[1:])
+ua, ub = da * 1e6 / tck / max(ra, 1), db * 1e6 / tck / max(rb, 1)
+print(f"{r}\t{ra / secs:.0f}\t{ua:.1f}\t{rb / secs:.0f}\t{ub:.1f}\t{ub / ua:.3f}")
+PY
+        log "  round $round: $(tail -1 "$WORK/ab.tsv" | cut -f2- | tr '\t' ' ') (A req/s, A µs/req, B req/s, B µs/req, B/A)"
+    done
+    python3 - "$WORK/ab.tsv" "$bin_b" "${AB_ENV:-}" "$text" "$conns" >"$WORK/ab.md" <<'PY'
+import statistics, sys
+path, bin_b, env_b, text, conns = sys.argv[1:]
+rows = [l.rstrip("\n").split("\t") for l in open(path)][1:]
+med = lambda i: statistics.median(float(r[i]) for r in rows)
+ratios = sorted(float(r[5]) for r in rows)
+print("\n### A/B at the same time on core 0\n")
+print(f"A: this dingbot. B: {bin_b}{' with ' + env_b if env_b else ''}. `{text}`, {conns} connections each, "
+      f"{len(rows)} rounds; µs/req = the server's utime+stime ÷ its requests in the round.\n")
+print("| | req/s | CPU µs/req |\n|---|---:|---:|")
+print(f"| A | {med(1):,.0f} | {med(2):.1f} |")
+print(f"| B | {med(3):,.0f} | {med(4):.1f} |")
+print(f"\nB/A CPU per request: median **{statistics.median(ratios):.3f}**, "
+      f"rounds {', '.join(f'{x:.3f}' for x in ratios)}")
+PY
+    stop_pid "$AB_PID"
+    AB_PID=""
+    stop_pid "$BOT_PID"
+    BOT_PID=""
+}
+
 if ((QUIET_WAIT > 0)); then
     log "waiting up to ${QUIET_WAIT}s for the 1-minute load average to fall below 1.0"
     for ((i = 0; i < QUIET_WAIT; i++)); do
@@ -444,11 +552,16 @@ for s in $SCENARIOS; do
             forged "/info" "$EXTRA_CONNS" 3600
         ;;
     groups) groups_scenario ;;
+    ab) ab_scenario ;;
     bare)
         scenario "bare-c$EXTRA_CONNS" "baseline, not dingbot: examples/bare_handler (verify + parse + sendBySession inline)" \
             valid "/info" "$EXTRA_CONNS" 3600 bare
         ;;
-    *) die "unknown scenario $s (info, miss, help, forged, bare, groups)" ;;
+    bare-forged)
+        scenario "bare-forged-c$EXTRA_CONNS" "baseline, not dingbot: examples/bare_handler, forged sign → 401" \
+            forged "/info" "$EXTRA_CONNS" 3600 bare
+        ;;
+    *) die "unknown scenario $s (info, miss, help, forged, bare, bare-forged, groups, ab)" ;;
     esac
 done
 
@@ -476,5 +589,6 @@ git diff --quiet HEAD -- src Cargo.toml Cargo.lock templates 2>/dev/null || COMM
 } >"$HEADER"
 python3 "$ROOT/bench/report.py" "$RUNS_TSV" "$SCEN_TSV" "$HEADER" >"$OUT/results.md"
 if [[ -f $WORK/groups.md ]]; then cat "$WORK/groups.md" >>"$OUT/results.md"; fi
+if [[ -f $WORK/ab.md ]]; then cat "$WORK/ab.md" >>"$OUT/results.md"; fi
 cat "$OUT/results.md"
 log "written $OUT/results.md (per-run data: $RUNS_TSV)"
