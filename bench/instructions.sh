@@ -108,14 +108,14 @@ EOT
 declare -A INSTR PER_REQ REPLIES STATUS
 for sc in $SCENARIOS; do
     case $sc in
-    info | forged | bare) ;;
+    info | forged | bare | bare-forged) ;;
     *) die "unknown scenario $sc" ;;
     esac
     port=$(free_port)
     write_config "$WORK/$sc.toml" "$port"
     dump=$OUT/callgrind-$sc.out
     rm -f "$dump" "$dump".*
-    if [[ $sc == bare ]]; then
+    if [[ $sc == bare* ]]; then
         cmd=("$BARE_BIN" "127.0.0.1:$port" "$APP_SECRET")
     else
         cmd=("$BIN" serve --config "$WORK/$sc.toml")
@@ -126,7 +126,7 @@ for sc in $SCENARIOS; do
     TARGET_PID=$!
     wait_http "http://127.0.0.1:$port/readyz" 120 || { tail "$WORK/$sc.log" >&2; die "$sc did not start"; }
     mode=valid
-    [[ $sc == forged ]] && mode=forged
+    [[ $sc == *forged ]] && mode=forged
     m0=$(messages)
     python3 bench/drive.py "$port" "$HOOK" "$WARM" "$CONC" valid "warm$sc" >/dev/null ||
         die "$sc: warm-up callbacks failed"

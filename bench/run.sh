@@ -18,6 +18,7 @@
 #     bare-forged  the same baseline refusing forged signs (verify, 401): the rejection floor
 #     ab      A/B: this dingbot and AB_BIN [same binary; "bare" = the baseline] with AB_ENV,
 #             on core 0 at the same time, AB_ROUNDS [5] × DURATION; reports B/A CPU per request
+#             (AB_TEXT [/info]; AB_MODE [valid] or forged)
 #   WARMUP [2]          unmeasured seconds before each scenario's runs
 #   BENCH_GROUPS [1000] groups the callbacks are spread over (cidGen0== … ), ≤ 5000
 #   SKIP_BUILD [0]      1: use the existing target/release/dingbot as is
@@ -431,6 +432,8 @@ bench_field() { # file field: a number from the BENCH line wrk printed
 }
 ab_scenario() {
     local rounds=${AB_ROUNDS:-5} conns=$EXTRA_CONNS text=${AB_TEXT:-/info} bin_b=${AB_BIN:-$BIN}
+    local mode=${AB_MODE:-valid}
+    [[ $mode == valid || $mode == forged ]] || die "AB_MODE must be valid or forged"
     [[ $rounds =~ ^[0-9]+$ && $rounds -ge 1 && $rounds -le 50 ]] || die "AB_ROUNDS must be 1..50"
     log "scenario ab: A = dingbot, B = $bin_b${AB_ENV:+ with $AB_ENV}; $text, $rounds rounds × ${DURATION}s, $conns connections each"
     curl -fsS --max-time 2 -X POST -o /dev/null "$SANDBOX_URL/_sandbox/reset" || die "sandbox reset failed"
@@ -468,7 +471,7 @@ ab_scenario() {
         for port in "$port_a" "$port_b"; do
             timeout $((secs + 60)) "${PIN_LOAD[@]}" wrk -t1 -c"$conns" -d"${secs}s" --timeout 5s \
                 -s "$ROOT/bench/callback.lua" "http://127.0.0.1:$port/dingtalk/callback" -- \
-                valid "$TABLE" "$CURSOR" "$avail" "$text" "$BENCH_GROUPS" "$HOOK" \
+                "$mode" "$TABLE" "$CURSOR" "$avail" "$text" "$BENCH_GROUPS" "$HOOK" \
                 $(($(now_ms) + 3 * 3600 * 1000)) 1 "$(now_ms)" >"$WORK/wrk-$port.out" 2>&1 &
             wrk_pids+=($!)
         done
@@ -482,15 +485,19 @@ ab_scenario() {
         na=$(bench_field "$WORK/wrk-$port_a.out" next_index)
         nb=$(bench_field "$WORK/wrk-$port_b.out" next_index)
         CURSOR=$((na > nb ? na : nb))
-        wait_replies "$m0" $((ra - ea + rb - eb))
+        if [[ $mode == forged ]]; then
+            wait_replies "$m0" 0 # every request refused (401), nothing sent
+        else
+            wait_replies "$m0" $((ra - ea + rb - eb))
+        fi
         local da db dm
         da=$(($(proc_ticks "$BOT_PID") - ta0))
         db=$(($(proc_ticks "$AB_PID") - tb0))
         dm=$(($(sandbox_stat messages) - m0))
-        ((ea + eb == 0)) || log "  round $round: non-2xx A $ea, B $eb"
+        [[ $mode == forged ]] || ((ea + eb == 0)) || log "  round $round: non-2xx A $ea, B $eb"
         # wrk does not count the requests still open when it stops (up to conns each);
         # dingbot took and answered those too.
-        ((dm >= ra + rb - ea - eb && dm <= ra + rb - ea - eb + 2 * conns)) ||
+        [[ $mode == forged ]] || ((dm >= ra + rb - ea - eb && dm <= ra + rb - ea - eb + 2 * conns)) ||
             log "  round $round: $dm replies for $((ra + rb - ea - eb)) accepted callbacks"
         ((round == 0)) && continue
         python3 - "$round" "$ra" "$da" "$rb" "$db" "$CLK_TCK" "$DURATION" >>"$WORK/ab.tsv" <<'PY'
@@ -501,7 +508,7 @@ print(f"{r}\t{ra / secs:.0f}\t{ua:.1f}\t{rb / secs:.0f}\t{ub:.1f}\t{ub / ua:.3f}
 PY
         log "  round $round: $(tail -1 "$WORK/ab.tsv" | cut -f2- | tr '\t' ' ') (A req/s, A µs/req, B req/s, B µs/req, B/A)"
     done
-    python3 - "$WORK/ab.tsv" "$bin_b" "${AB_ENV:-}" "$text" "$conns" >"$WORK/ab.md" <<'PY'
+    python3 - "$WORK/ab.tsv" "$bin_b" "${AB_ENV:-}" "$text$([[ $mode == forged ]] && echo ', forged sign')" "$conns" >"$WORK/ab.md" <<'PY'
 import statistics, sys
 path, bin_b, env_b, text, conns = sys.argv[1:]
 rows = [l.rstrip("\n").split("\t") for l in open(path)][1:]

@@ -88,6 +88,9 @@ pub struct DingTalkSettings {
     /// API calls to DingTalk on the wire at once, and as many reply POSTs; each uses
     /// one pooled keep-alive connection, so this also caps connections and TLS handshakes.
     pub max_parallel_requests: usize,
+    /// Which HTTP client POSTs replies: `auto` (the direct one unless a proxy variable
+    /// is set), `direct`, or `reqwest` (honours `HTTPS_PROXY` and friends).
+    pub reply_client: crate::dingtalk::ReplyClientChoice,
 }
 
 /// `[rate_limit]`
@@ -241,6 +244,7 @@ fn defaults() -> serde_json::Value {
             "request_timeout_ms": 5000,
             "max_messages_per_signature": 1,
             "max_parallel_requests": 32,
+            "reply_client": "auto",
         },
         "rate_limit": { "per_group_per_minute": 20 },
         "bot": {

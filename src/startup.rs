@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::bot::{Bot, BotOptions, GroupDirectory};
 use crate::config::{Settings, parse_base_url};
 use crate::dingtalk::client::http_client;
-use crate::dingtalk::{DingTalkClient, RetryPolicy, Verifier, WebhookPolicy};
+use crate::dingtalk::{DingTalkClient, ReplyHttp, RetryPolicy, Verifier, WebhookPolicy};
 use crate::ratelimit::GroupLimiter;
 use crate::render::Renderer;
 use crate::seen::{KeyOnly, SeenSet};
@@ -43,7 +43,7 @@ pub struct AppState {
     pub limiter: Arc<GroupLimiter>,
     /// Decides replies.
     pub bot: Arc<Bot>,
-    /// DingTalk API client (replies go through its pool).
+    /// DingTalk API client (and, through `reply_http`, the reply client).
     pub client: Arc<DingTalkClient>,
     /// Reply tasks. Each runs on the HTTP worker that accepted its callback (no hand-off
     /// to another thread); shutdown waits for them before it stops the workers.
@@ -178,7 +178,22 @@ impl Application {
             deadline: timeout.mul_f64(1.6),
             ..RetryPolicy::default()
         };
-        let client = Arc::new(DingTalkClient::from_settings(dt, http, retry));
+        let reply_http =
+            ReplyHttp::new(dt.reply_client, timeout, &http).map_err(StartupError::Http)?;
+        match (
+            reply_http.name(),
+            crate::dingtalk::reply_http::proxy_variable(),
+        ) {
+            ("reqwest", Some(var)) => {
+                tracing::info!(
+                    proxy_variable = var,
+                    "replies go through reqwest and its proxy settings"
+                )
+            }
+            (name, _) => tracing::debug!(reply_client = name, "reply client"),
+        }
+        let client =
+            Arc::new(DingTalkClient::from_settings(dt, http, retry).with_reply_http(reply_http));
         let oapi = parse_base_url(&dt.oapi_base).map_err(|problem| crate::config::ConfigError {
             key: "dingtalk.oapi_base".into(),
             problem,

@@ -1,7 +1,9 @@
 //! The DingTalk server-API client: access token, `chat/get`, chatid conversion, scene-group
 //! and base-info lookups, user names, and posting replies to a sessionWebhook.
 //!
-//! One pooled `reqwest::Client` serves every call. Every call has a timeout; retryable
+//! One pooled `reqwest::Client` serves every API call; replies go through
+//! [`ReplyHttp`](super::reply_http::ReplyHttp) (by default a leaner client of their own).
+//! Every call has a timeout; retryable
 //! failures ([`ApiError::is_transient`]) are retried with exponential backoff and jitter
 //! inside an overall deadline; a refused access token is dropped and the call retried once
 //! with a fresh one. Tokens are fetched one at a time and reused until shortly before
@@ -17,6 +19,7 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 use super::error::ApiError;
+use super::reply_http::ReplyHttp;
 use crate::telemetry;
 
 /// How hard to try before giving up on one logical call.
@@ -135,6 +138,8 @@ pub struct DingTalkClient {
     api_slots: tokio::sync::Semaphore,
     /// Reply POSTs on the wire at once (as many again: a slow API never holds up replies).
     reply_slots: tokio::sync::Semaphore,
+    /// The client reply POSTs go through.
+    reply_http: ReplyHttp,
 }
 
 impl std::fmt::Debug for DingTalkClient {
@@ -179,6 +184,7 @@ impl DingTalkClient {
         retry: RetryPolicy,
     ) -> DingTalkClient {
         DingTalkClient {
+            reply_http: ReplyHttp::Reqwest(http.clone()),
             http,
             oapi: oapi_base.trim_end_matches('/').to_string(),
             api: api_base.trim_end_matches('/').to_string(),
@@ -220,9 +226,20 @@ impl DingTalkClient {
         self
     }
 
-    /// The shared HTTP client (replies go through the same pool).
+    /// Sends replies through `reply_http` instead of the shared reqwest client.
+    pub fn with_reply_http(mut self, reply_http: ReplyHttp) -> DingTalkClient {
+        self.reply_http = reply_http;
+        self
+    }
+
+    /// The shared HTTP client of the API calls.
     pub fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+
+    /// The client replies go through.
+    pub fn reply_http(&self) -> &ReplyHttp {
+        &self.reply_http
     }
 
     /// A valid access token: the cached one, or a fresh one (one fetch at a time).
@@ -431,14 +448,24 @@ impl DingTalkClient {
         #[derive(Deserialize)]
         struct Ack {}
         self.with_retries_if(SEND_BY_SESSION, ApiError::surely_not_delivered, || async {
-            let req = self
-                .http
-                .post(webhook.clone())
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.clone());
-            self.send_oapi::<Ack>(SEND_BY_SESSION, req)
-                .await
-                .map(|_| ())
+            let started = Instant::now();
+            let result = async {
+                let _slot = self.reply_slots.acquire().await;
+                let (status, answer) =
+                    self.reply_http
+                        .post_json(webhook, body)
+                        .await
+                        .map_err(|f| ApiError::Transport {
+                            endpoint: SEND_BY_SESSION,
+                            timeout: f.timeout,
+                            connect: f.connect,
+                            detail: f.detail,
+                        })?;
+                oapi_answer::<Ack>(SEND_BY_SESSION, status, &answer)
+            }
+            .await;
+            telemetry::api_call(SEND_BY_SESSION, &result, started.elapsed());
+            result.map(|_| ())
         })
         .await
     }
@@ -521,41 +548,7 @@ impl DingTalkClient {
         req: reqwest::RequestBuilder,
     ) -> Result<T, ApiError> {
         let (status, body) = self.send(endpoint, req).await?;
-        // Fast path: a 2xx whose errcode is absent or 0 parses straight into `T`.
-        #[derive(Deserialize)]
-        struct Envelope {
-            errcode: Option<i64>,
-        }
-        if (200..300).contains(&status)
-            && let Ok(Envelope {
-                errcode: None | Some(0),
-            }) = serde_json::from_slice(&body)
-        {
-            return serde_json::from_slice(&body)
-                .map_err(|_| ApiError::BadBody { endpoint, status });
-        }
-        let value: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|_| ApiError::BadBody { endpoint, status })?;
-        let errcode = value.get("errcode").and_then(|v| v.as_i64()).unwrap_or(0);
-        if errcode != 0 {
-            let text = |k: &str| {
-                value.get(k).and_then(|v| match v {
-                    serde_json::Value::String(s) => Some(s.clone()),
-                    serde_json::Value::Number(n) => Some(n.to_string()),
-                    _ => None,
-                })
-            };
-            return Err(ApiError::DingTalk {
-                endpoint,
-                errcode,
-                errmsg: text("errmsg").unwrap_or_default(),
-                sub_code: text("sub_code"),
-            });
-        }
-        if !(200..300).contains(&status) {
-            return Err(ApiError::BadBody { endpoint, status });
-        }
-        serde_json::from_value(value).map_err(|_| ApiError::BadBody { endpoint, status })
+        oapi_answer(endpoint, status, &body)
     }
 
     /// Sends a new-host request: 2xx with a JSON body is success, 4xx/5xx carries `code`.
@@ -616,6 +609,48 @@ impl DingTalkClient {
     }
 }
 
+/// Reads a legacy-host answer: HTTP 2xx with `errcode` absent or 0 is success.
+fn oapi_answer<T: DeserializeOwned>(
+    endpoint: &'static str,
+    status: u16,
+    body: &[u8],
+) -> Result<T, ApiError> {
+    // Fast path: a 2xx whose errcode is absent or 0 parses straight into `T`.
+    #[derive(Deserialize)]
+    struct Envelope {
+        errcode: Option<i64>,
+    }
+    if (200..300).contains(&status)
+        && let Ok(Envelope {
+            errcode: None | Some(0),
+        }) = serde_json::from_slice(body)
+    {
+        return serde_json::from_slice(body).map_err(|_| ApiError::BadBody { endpoint, status });
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| ApiError::BadBody { endpoint, status })?;
+    let errcode = value.get("errcode").and_then(|v| v.as_i64()).unwrap_or(0);
+    if errcode != 0 {
+        let text = |k: &str| {
+            value.get(k).and_then(|v| match v {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+        };
+        return Err(ApiError::DingTalk {
+            endpoint,
+            errcode,
+            errmsg: text("errmsg").unwrap_or_default(),
+            sub_code: text("sub_code"),
+        });
+    }
+    if !(200..300).contains(&status) {
+        return Err(ApiError::BadBody { endpoint, status });
+    }
+    serde_json::from_value(value).map_err(|_| ApiError::BadBody { endpoint, status })
+}
+
 /// Sends and reads the whole body; transport errors lose their URL (it may hold a token).
 impl DingTalkClient {
     /// Sends `req` once a slot is free and reads the whole answer. A slot is held per
@@ -625,12 +660,7 @@ impl DingTalkClient {
         endpoint: &'static str,
         req: reqwest::RequestBuilder,
     ) -> Result<(u16, bytes::Bytes), ApiError> {
-        let slots = if endpoint == SEND_BY_SESSION {
-            &self.reply_slots
-        } else {
-            &self.api_slots
-        };
-        let _slot = slots.acquire().await;
+        let _slot = self.api_slots.acquire().await;
         send(endpoint, req).await
     }
 }

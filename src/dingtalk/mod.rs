@@ -6,10 +6,12 @@ pub mod client;
 pub mod error;
 pub mod inbound;
 pub mod outbound;
+pub mod reply_http;
 pub mod signature;
 
 pub use client::{ChatInfo, DingTalkClient, RetryPolicy};
 pub use error::ApiError;
 pub use inbound::{Body, Callback, ConversationKind, RobotMessage};
 pub use outbound::{WebhookPolicy, WebhookRefusal};
+pub use reply_http::{ReplyClientChoice, ReplyHttp};
 pub use signature::{SignatureError, Verified, Verifier};

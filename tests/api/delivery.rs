@@ -2,6 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use dingbot::dingtalk::ReplyClientChoice;
+use dingbot::dingtalk::reply_http::proxy_variable;
 use dingbot::sandbox::{Endpoint, Fault};
 
 use crate::helpers::{ABSENCE_WAIT, BOUND, spawn_app, spawn_app_with};
@@ -9,6 +11,12 @@ use crate::helpers::{ABSENCE_WAIT, BOUND, spawn_app, spawn_app_with};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reply_is_retried_after_a_server_error() {
     let app = spawn_app().await;
+    // `reply_client = "auto"`: the direct client unless a proxy variable is set.
+    let expected = match proxy_variable() {
+        None => "direct",
+        Some(_) => "reqwest",
+    };
+    assert_eq!(app.state.client.reply_http().name(), expected);
     app.sandbox
         .inject(Endpoint::SendBySession, Fault::HttpStatus(502), 1);
     let out = app.group_text(BOUND, "/help");
@@ -85,4 +93,32 @@ async fn reply_that_was_slow_to_be_acknowledged_is_not_sent_twice() {
         got.len(),
         app.sandbox.calls(Endpoint::SendBySession)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_through_reqwest_are_retried_and_never_doubled_too() {
+    // The client `reply_client = "auto"` picks when HTTPS_PROXY or the like is set.
+    let app = spawn_app_with(|c| c.reply_client = Some(ReplyClientChoice::Reqwest)).await;
+    assert_eq!(app.state.client.reply_http().name(), "reqwest");
+    app.sandbox
+        .inject(Endpoint::SendBySession, Fault::HttpStatus(502), 1);
+    let out = app.group_text(BOUND, "/info");
+    app.send(&out).await.assert_accepted();
+    let reply = app.replies(&out.session, 1).await;
+    assert!(
+        reply[0].text().contains("研发部全员群"),
+        "the /info reply names the group: {:?}",
+        reply[0].text()
+    );
+    app.assert_no_more(&out.session, 1).await;
+    assert_eq!(app.sandbox.calls(Endpoint::SendBySession), 2);
+
+    // Delivered, but the answer is cut short: not sent a second time.
+    app.sandbox
+        .inject(Endpoint::SendBySession, Fault::Truncated, 1);
+    let next = app.group_text(BOUND, "/help");
+    app.send(&next).await.assert_accepted();
+    app.replies(&next.session, 1).await;
+    app.assert_no_more(&next.session, 1).await;
+    assert_eq!(app.sandbox.calls(Endpoint::SendBySession), 3);
 }

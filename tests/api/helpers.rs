@@ -9,6 +9,7 @@ use actix_web::dev::ServerHandle;
 use actix_web::web::Data;
 use dingbot::config::{GroupBinding, Language, Settings};
 use dingbot::demo::{SignedCallback, sandbox_settings, unique_timestamp};
+use dingbot::dingtalk::ReplyClientChoice;
 use dingbot::dingtalk::signature::sign;
 use dingbot::http::callback::now_ms;
 use dingbot::sandbox::{Endpoint, Fault, Org, Sandbox, SentMessage};
@@ -65,6 +66,8 @@ pub struct TestConfig {
     pub queue_wait_ms: Option<u64>,
     /// Faults queued on the sandbox before dingbot starts.
     pub faults_before_start: Vec<(Endpoint, Fault, u32)>,
+    /// `dingtalk.reply_client` (default `auto`: the direct client in tests).
+    pub reply_client: Option<ReplyClientChoice>,
 }
 
 impl Default for TestConfig {
@@ -80,6 +83,7 @@ impl Default for TestConfig {
             max_in_flight: None,
             queue_wait_ms: None,
             faults_before_start: Vec::new(),
+            reply_client: None,
         }
     }
 }
@@ -218,6 +222,9 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut TestConfig)) -> TestApp 
     }
     if let Some(ms) = cfg.queue_wait_ms {
         settings.server.queue_wait_ms = ms;
+    }
+    if let Some(choice) = cfg.reply_client {
+        settings.dingtalk.reply_client = choice;
     }
     launch(sandbox, org, &settings).await
 }
