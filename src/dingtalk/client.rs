@@ -442,7 +442,7 @@ impl DingTalkClient {
     /// message ([`ApiError::surely_not_delivered`]), so a group never sees a reply twice.
     pub async fn send_to_webhook(
         &self,
-        webhook: &Url,
+        webhook: &hyper::Uri,
         body: &bytes::Bytes,
     ) -> Result<(), ApiError> {
         #[derive(Deserialize)]

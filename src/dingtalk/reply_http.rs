@@ -17,13 +17,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::Uri;
 use hyper::header::{CONTENT_TYPE, HeaderValue, USER_AGENT};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Deserialize;
-use url::Url;
 
 /// A sessionWebhook answers `{"errcode":0,"errmsg":"ok"}`; anything far bigger is not one.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -131,22 +131,23 @@ impl ReplyHttp {
         }
     }
 
-    /// POSTs `body` (JSON) to `url` and reads the whole answer: `(status, body)`.
+    /// POSTs `body` (JSON) to `uri` and reads the whole answer: `(status, body)`.
     pub async fn post_json(
         &self,
-        url: &Url,
+        uri: &Uri,
         body: &Bytes,
     ) -> Result<(u16, Bytes), TransportFailure> {
         match self {
-            ReplyHttp::Direct(d) => d.post_json(url, body).await,
+            ReplyHttp::Direct(d) => d.post_json(uri, body).await,
             ReplyHttp::Reqwest(c) => {
                 let failure = |e: reqwest::Error| TransportFailure {
                     timeout: e.is_timeout(),
                     connect: e.is_connect(),
                     detail: e.without_url().to_string(),
                 };
+                // Only with a proxy: reqwest parses the URL again, which it needs anyway.
                 let resp = c
-                    .post(url.clone())
+                    .post(uri.to_string())
                     .header(CONTENT_TYPE, "application/json")
                     .body(body.clone())
                     .send()
@@ -161,16 +162,13 @@ impl ReplyHttp {
 }
 
 impl DirectClient {
-    async fn post_json(&self, url: &Url, body: &Bytes) -> Result<(u16, Bytes), TransportFailure> {
+    async fn post_json(&self, uri: &Uri, body: &Bytes) -> Result<(u16, Bytes), TransportFailure> {
         let failure = |connect: bool, detail: String| TransportFailure {
             timeout: false,
             connect,
             detail,
         };
-        // `Url` serializes to a valid URI (it percent-encodes everything a URI may not hold).
-        let uri = hyper::Uri::try_from(url.as_str())
-            .map_err(|e| failure(true, format!("webhook is not a valid URI: {e}")))?;
-        let request = hyper::Request::post(uri)
+        let request = hyper::Request::post(uri.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .header(USER_AGENT, self.user_agent.clone())
             .body(Full::new(body.clone()))
@@ -240,11 +238,10 @@ mod tests {
         client
     }
 
-    fn hook(port: u16) -> Url {
-        Url::parse(&format!(
-            "http://127.0.0.1:{port}/robot/sendBySession?session={SESSION}"
-        ))
-        .unwrap()
+    fn hook(port: u16) -> Uri {
+        format!("http://127.0.0.1:{port}/robot/sendBySession?session={SESSION}")
+            .parse()
+            .unwrap()
     }
 
     /// A one-connection HTTP server on 127.0.0.1: reads one request (headers and a

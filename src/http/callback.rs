@@ -14,7 +14,6 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
 use tracing::Instrument;
-use url::Url;
 
 use super::error::Rejection;
 use crate::dingtalk::{ApiError, Callback, RobotMessage, Verified};
@@ -293,7 +292,7 @@ enum Reply {
 fn spawn_reply(
     state: &AppState,
     cb: Callback,
-    webhook: Url,
+    webhook: hyper::Uri,
     permit: OwnedSemaphorePermit,
     reply: Reply,
 ) {
