@@ -443,7 +443,9 @@ ab_scenario() {
     port_b=$(free_port)
     write_config "$WORK/ab-a.toml" 3600
     start_bot "$WORK/ab-a.toml" "$WORK/ab-a.log"
+    # Until B is up, A's pid waits in AB_PID, so the exit trap stops both if B fails.
     local pid_a=$BOT_PID
+    AB_PID=$pid_a
     BOT_PORT=$port_b BOT_URL=http://127.0.0.1:$port_b
     write_config "$WORK/ab-b.toml" 3600
     if [[ $bin_b == bare ]]; then
@@ -453,9 +455,12 @@ ab_scenario() {
         read -ra env_b <<<"${AB_ENV:-}"
         env "${env_b[@]}" "${PIN_BOT[@]}" "$bin_b" serve --config "$WORK/ab-b.toml" >"$WORK/ab-b.log" 2>&1 &
         BOT_PID=$!
-        wait_http "$BOT_URL/readyz" 20 || die "B did not start (see $WORK/ab-b.log)"
+        wait_http "$BOT_URL/readyz" 20 || {
+            tail -20 "$WORK/ab-b.log" >&2
+            die "B did not start"
+        }
     fi
-    AB_PID=$BOT_PID BOT_PID=$pid_a
+    AB_PID=$BOT_PID BOT_PID=$pid_a # from here: A in BOT_PID, B in AB_PID
     BOT_PORT=$port_a BOT_URL=http://127.0.0.1:$port_a
 
     local avail=$((DURATION * RATE_CAP)) round
