@@ -14,7 +14,8 @@ use crate::bot::{ErrorView, GroupDirectory};
 use crate::config::{Settings, parse_base_url};
 use crate::demo::SignedCallback;
 use crate::dingtalk::client::http_client;
-use crate::dingtalk::{ApiError, DingTalkClient, RetryPolicy};
+use crate::dingtalk::reply_http::proxy_variable;
+use crate::dingtalk::{ApiError, DingTalkClient, ReplyHttp, RetryPolicy};
 use crate::render::Renderer;
 use crate::sandbox::{Org, Sandbox};
 
@@ -74,6 +75,22 @@ pub async fn check(settings: &Settings, out: &mut impl Write) -> anyhow::Result<
         deadline: timeout * 2,
         ..RetryPolicy::default()
     };
+    match ReplyHttp::new(dt.reply_client, timeout, &http) {
+        Ok(reply) => {
+            let via = match (reply.name(), proxy_variable()) {
+                ("reqwest", Some(var)) => format!("reqwest, through the proxy in {var}"),
+                (name, _) => name.to_string(),
+            };
+            writeln!(out, "  ok    reply client: {via}")?;
+        }
+        Err(e) => {
+            ok = false;
+            writeln!(
+                out,
+                "  FAIL  reply client: {e}\n        fix: set dingtalk.reply_client = \"reqwest\""
+            )?;
+        }
+    }
     let client = DingTalkClient::from_settings(dt, http, retry);
     match client.access_token().await {
         Ok(_) => writeln!(out, "  ok    access token from {}/gettoken", dt.oapi_base)?,

@@ -29,7 +29,7 @@ use serde::Deserialize;
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// Environment variables that make reqwest send through a proxy.
-const PROXY_VARS: [&str; 6] = [
+pub const PROXY_VARS: [&str; 6] = [
     "HTTPS_PROXY",
     "https_proxy",
     "HTTP_PROXY",

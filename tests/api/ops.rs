@@ -142,6 +142,11 @@ struct ChildGuard {
 
 impl ChildGuard {
     fn spawn(args: &[&str]) -> ChildGuard {
+        ChildGuard::spawn_env(args, &[])
+    }
+
+    /// `spawn` with these environment variables set (after the hermetic clean-up).
+    fn spawn_env(args: &[&str], envs: &[(&str, &str)]) -> ChildGuard {
         let dir = TempDir::new("bin");
         let stdout = dir.path("stdout");
         let stderr = dir.path("stderr");
@@ -157,6 +162,11 @@ impl ChildGuard {
                 cmd.env_remove(key);
             }
         }
+        // A proxy variable of the machine's would change which client sends replies.
+        for key in dingbot::dingtalk::reply_http::PROXY_VARS {
+            cmd.env_remove(key);
+        }
+        cmd.envs(envs.iter().copied());
         let child = cmd.spawn().expect("spawn the dingbot binary");
         ChildGuard {
             child,
@@ -209,7 +219,12 @@ struct BinOutput {
 
 /// Runs the binary to completion (at most `limit`) while the sandbox keeps serving.
 async fn run_bin(args: &[&str], limit: Duration) -> BinOutput {
-    let mut child = ChildGuard::spawn(args);
+    run_bin_env(args, limit, &[]).await
+}
+
+/// `run_bin` with these environment variables set.
+async fn run_bin_env(args: &[&str], limit: Duration, envs: &[(&str, &str)]) -> BinOutput {
+    let mut child = ChildGuard::spawn_env(args, envs);
     let status = match child.wait(limit).await {
         Some(s) => s,
         None => {
@@ -228,6 +243,11 @@ async fn run_bin(args: &[&str], limit: Duration) -> BinOutput {
 }
 
 async fn run_check(config: &Config) -> BinOutput {
+    run_check_env(config, &[]).await
+}
+
+/// `run_check` with these environment variables set.
+async fn run_check_env(config: &Config, envs: &[(&str, &str)]) -> BinOutput {
     let dir = TempDir::new("check");
     let path = dir.write("dingbot.toml", &config.toml());
     // Keep `check`'s data dir (it opens the binding store) inside the temp dir.
@@ -238,9 +258,10 @@ async fn run_check(config: &Config) -> BinOutput {
         data.display()
     );
     let path = dir.write("dingbot.toml", &toml);
-    run_bin(
+    run_bin_env(
         &["check", "--config", path.to_str().expect("utf-8 path")],
         Duration::from_secs(60),
+        envs,
     )
     .await
 }
@@ -676,6 +697,36 @@ async fn check_passes_on_a_working_configuration() {
     assert_no_secret(&out.stderr);
     assert!(sandbox.calls(Endpoint::GetToken) >= 1);
     assert!(sandbox.calls(Endpoint::ChatGet) >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_the_reply_client_and_the_proxy_it_follows() {
+    let sandbox = Sandbox::start(Org::demo()).await.expect("sandbox");
+    let config = Config::new(&sandbox.base_url());
+    let out = run_check(&config).await;
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("  ok    reply client: direct\n"),
+        "{}",
+        out.stdout
+    );
+    // With a proxy variable set, `reply_client = "auto"` sends replies through reqwest,
+    // which uses the proxy (NO_PROXY keeps the sandbox's API reachable directly).
+    let out = run_check_env(
+        &config,
+        &[
+            ("HTTPS_PROXY", "http://127.0.0.1:9"),
+            ("NO_PROXY", "127.0.0.1"),
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("  ok    reply client: reqwest, through the proxy in HTTPS_PROXY\n"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
