@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use dingbot::dingtalk::{ReplyClientChoice, ReplyHttp};
+use dingbot::dingtalk::{ApiError, ReplyClientChoice, ReplyHttp};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -105,8 +105,17 @@ async fn replies_go_over_verified_tls_and_never_to_an_untrusted_certificate() {
         .parse()
         .unwrap();
     let err = client.post_json(&hook, &body).await.unwrap_err();
-    assert!(err.connect && !err.timeout, "{err:?}");
-    assert!(!err.detail.contains("session=s2"), "{err:?}");
+    let ApiError::Transport {
+        timeout,
+        connect,
+        detail,
+        ..
+    } = err
+    else {
+        panic!("not a transport failure: {err:?}");
+    };
+    assert!(connect && !timeout, "{detail}");
+    assert!(!detail.contains("session=s2"), "{detail}");
     let served = server.join().unwrap();
     assert!(
         served.is_err(),

@@ -152,24 +152,35 @@ impl std::fmt::Debug for DingTalkClient {
 }
 
 /// The endpoint name of reply POSTs (metrics label, slot pool).
-const SEND_BY_SESSION: &str = "sendBySession";
+pub(super) const SEND_BY_SESSION: &str = "sendBySession";
 
 /// Requests to DingTalk on the wire at once unless configured otherwise.
 pub const DEFAULT_PARALLEL_REQUESTS: usize = 32;
+
+/// `User-Agent` of every outbound request.
+pub const USER_AGENT: &str = concat!("dingbot/", env!("CARGO_PKG_VERSION"));
+
+/// Idle pooled connections are closed after this long: below common server keep-alive
+/// limits, so a pooled connection is rarely reused just as the server closes it (a reply
+/// POST lost that way is not retried).
+pub const POOL_IDLE: Duration = Duration::from_secs(30);
+
+/// The connect timeout that goes with a request timeout.
+pub fn connect_timeout(timeout: Duration) -> Duration {
+    timeout.min(Duration::from_secs(3))
+}
 
 /// Builds the shared outbound HTTP client.
 pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(3)))
-        // Below common server keep-alive limits, so a pooled connection is rarely reused
-        // just as the server closes it (a reply POST lost that way is not retried).
-        .pool_idle_timeout(Duration::from_secs(30))
+        .connect_timeout(connect_timeout(timeout))
+        .pool_idle_timeout(POOL_IDLE)
         .tcp_nodelay(true)
         // A redirect would carry a reply past the sessionWebhook allow-list (and the
         // token to another host); DingTalk's APIs do not redirect.
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("dingbot/", env!("CARGO_PKG_VERSION")))
+        .user_agent(USER_AGENT)
         .build()
 }
 
@@ -451,16 +462,7 @@ impl DingTalkClient {
             let started = Instant::now();
             let result = async {
                 let _slot = self.reply_slots.acquire().await;
-                let (status, answer) =
-                    self.reply_http
-                        .post_json(webhook, body)
-                        .await
-                        .map_err(|f| ApiError::Transport {
-                            endpoint: SEND_BY_SESSION,
-                            timeout: f.timeout,
-                            connect: f.connect,
-                            detail: f.detail,
-                        })?;
+                let (status, answer) = self.reply_http.post_json(webhook, body).await?;
                 oapi_answer::<Ack>(SEND_BY_SESSION, status, &answer)
             }
             .await;
@@ -665,7 +667,7 @@ impl DingTalkClient {
     }
 }
 
-async fn send(
+pub(super) async fn send(
     endpoint: &'static str,
     req: reqwest::RequestBuilder,
 ) -> Result<(u16, bytes::Bytes), ApiError> {

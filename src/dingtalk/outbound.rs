@@ -45,10 +45,12 @@ fn origin(url: &Url) -> Option<(String, String, u16)> {
 
 /// The port a scheme implies when the URL names none.
 fn default_port(scheme: &str) -> Option<u16> {
-    match scheme {
-        "https" => Some(443),
-        "http" => Some(80),
-        _ => None,
+    if scheme.eq_ignore_ascii_case("https") {
+        Some(443)
+    } else if scheme.eq_ignore_ascii_case("http") {
+        Some(80)
+    } else {
+        None
     }
 }
 
@@ -77,17 +79,15 @@ impl WebhookPolicy {
         if authority.as_str().contains('@') {
             return Err(WebhookRefusal::HostNotAllowed);
         }
-        let scheme = scheme.to_ascii_lowercase();
         let port = match authority.port_u16() {
             Some(p) => p,
             None if authority.as_str().ends_with(':') => return Err(WebhookRefusal::NotAUrl),
-            None => default_port(&scheme).ok_or(WebhookRefusal::HostNotAllowed)?,
+            None => default_port(scheme).ok_or(WebhookRefusal::HostNotAllowed)?,
         };
         let host = authority.host();
-        let allowed = self
-            .allowed
-            .iter()
-            .any(|(s, h, p)| *s == scheme && *p == port && h.eq_ignore_ascii_case(host));
+        let allowed = self.allowed.iter().any(|(s, h, p)| {
+            *p == port && s.eq_ignore_ascii_case(scheme) && h.eq_ignore_ascii_case(host)
+        });
         if !allowed {
             return Err(WebhookRefusal::HostNotAllowed);
         }

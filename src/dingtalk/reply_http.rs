@@ -25,6 +25,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Deserialize;
 
+use super::client::{self, POOL_IDLE, SEND_BY_SESSION, connect_timeout};
+use super::error::ApiError;
+
 /// A sessionWebhook answers `{"errcode":0,"errmsg":"ok"}`; anything far bigger is not one.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
@@ -49,17 +52,6 @@ pub enum ReplyClientChoice {
     Direct,
     /// Always reqwest (the shared API client, proxy variables honoured).
     Reqwest,
-}
-
-/// Why a reply POST got no HTTP answer.
-#[derive(Debug)]
-pub struct TransportFailure {
-    /// The total timeout ran out.
-    pub timeout: bool,
-    /// No connection was made, so the reply surely did not reach DingTalk.
-    pub connect: bool,
-    /// What went wrong, without the URL (it is a bearer credential for the group).
-    pub detail: String,
 }
 
 /// The reply client in use.
@@ -101,7 +93,7 @@ impl ReplyHttp {
         }
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(timeout.min(Duration::from_secs(3))));
+        http.set_connect_timeout(Some(connect_timeout(timeout)));
         // The scheme is checked by the webhook allow-list before a request gets here.
         http.enforce_http(false);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -113,13 +105,12 @@ impl ReplyHttp {
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
-            // As the shared client: below common server keep-alive limits.
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(POOL_IDLE)
             .build(https);
         Ok(ReplyHttp::Direct(DirectClient {
             client,
             timeout,
-            user_agent: HeaderValue::from_static(concat!("dingbot/", env!("CARGO_PKG_VERSION"))),
+            user_agent: HeaderValue::from_static(client::USER_AGENT),
         }))
     }
 
@@ -131,40 +122,29 @@ impl ReplyHttp {
         }
     }
 
-    /// POSTs `body` (JSON) to `uri` and reads the whole answer: `(status, body)`.
-    pub async fn post_json(
-        &self,
-        uri: &Uri,
-        body: &Bytes,
-    ) -> Result<(u16, Bytes), TransportFailure> {
+    /// POSTs `body` (JSON) to `uri` and reads the whole answer: `(status, body)`. A
+    /// failure without an HTTP answer is [`ApiError::Transport`] (never with the URL: it is
+    /// a bearer credential for the group); `connect` is set only when nothing was sent.
+    pub async fn post_json(&self, uri: &Uri, body: &Bytes) -> Result<(u16, Bytes), ApiError> {
         match self {
             ReplyHttp::Direct(d) => d.post_json(uri, body).await,
+            // Only with a proxy: reqwest parses the URL again, which it needs anyway.
             ReplyHttp::Reqwest(c) => {
-                let failure = |e: reqwest::Error| TransportFailure {
-                    timeout: e.is_timeout(),
-                    connect: e.is_connect(),
-                    detail: e.without_url().to_string(),
-                };
-                // Only with a proxy: reqwest parses the URL again, which it needs anyway.
-                let resp = c
+                let req = c
                     .post(uri.to_string())
                     .header(CONTENT_TYPE, "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await
-                    .map_err(failure)?;
-                let status = resp.status().as_u16();
-                let body = resp.bytes().await.map_err(failure)?;
-                Ok((status, body))
+                    .body(body.clone());
+                client::send(SEND_BY_SESSION, req).await
             }
         }
     }
 }
 
 impl DirectClient {
-    async fn post_json(&self, uri: &Uri, body: &Bytes) -> Result<(u16, Bytes), TransportFailure> {
-        let failure = |connect: bool, detail: String| TransportFailure {
-            timeout: false,
+    async fn post_json(&self, uri: &Uri, body: &Bytes) -> Result<(u16, Bytes), ApiError> {
+        let failure = |timeout: bool, connect: bool, detail: String| ApiError::Transport {
+            endpoint: SEND_BY_SESSION,
+            timeout,
             connect,
             detail,
         };
@@ -172,27 +152,28 @@ impl DirectClient {
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .header(USER_AGENT, self.user_agent.clone())
             .body(Full::new(body.clone()))
-            .map_err(|e| failure(true, format!("building the request: {e}")))?;
+            .map_err(|e| failure(false, true, format!("building the request: {e}")))?;
         let exchange = async {
-            let resp = self.client.request(request).await.map_err(|e| {
-                let connect = e.is_connect();
-                failure(connect, error_chain(&e))
-            })?;
+            let resp = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| failure(false, e.is_connect(), error_chain(&e)))?;
             let status = resp.status().as_u16();
             let body = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
                 .collect()
                 .await
-                .map_err(|e| failure(false, format!("reading the answer: {e}")))?
+                .map_err(|e| failure(false, false, format!("reading the answer: {e}")))?
                 .to_bytes();
             Ok((status, body))
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(result) => result,
-            Err(_) => Err(TransportFailure {
-                timeout: true,
-                connect: false,
-                detail: format!("no answer within {} ms", self.timeout.as_millis()),
-            }),
+            Err(_) => Err(failure(
+                true,
+                false,
+                format!("no answer within {} ms", self.timeout.as_millis()),
+            )),
         }
     }
 }
@@ -236,6 +217,19 @@ mod tests {
         .unwrap();
         assert_eq!(client.name(), "direct");
         client
+    }
+
+    /// `(timeout, connect, detail)` of a transport failure; any other error fails the test.
+    fn transport(err: ApiError) -> (bool, bool, String) {
+        match err {
+            ApiError::Transport {
+                endpoint: SEND_BY_SESSION,
+                timeout,
+                connect,
+                detail,
+            } => (timeout, connect, detail),
+            other => panic!("not a transport failure: {other:?}"),
+        }
     }
 
     fn hook(port: u16) -> Uri {
@@ -328,9 +322,10 @@ mod tests {
             .post_json(&hook(port), &body)
             .await
             .unwrap_err();
-        assert!(err.connect, "{err:?}");
-        assert!(!err.timeout, "{err:?}");
-        assert!(!err.detail.contains(SESSION), "{err:?}");
+        let (timeout, connect, detail) = transport(err);
+        assert!(connect, "{detail}");
+        assert!(!timeout, "{detail}");
+        assert!(!detail.contains(SESSION), "{detail}");
     }
 
     #[tokio::test]
@@ -339,8 +334,9 @@ mod tests {
         let body = Bytes::from_static(b"{}");
         let err = direct(200).post_json(&hook(port), &body).await.unwrap_err();
         // Connected and sent: DingTalk may have taken the message, so no retry may follow.
-        assert!(err.timeout, "{err:?}");
-        assert!(!err.connect, "{err:?}");
+        let (timeout, connect, detail) = transport(err);
+        assert!(timeout, "{detail}");
+        assert!(!connect, "{detail}");
         server.join().unwrap();
     }
 
@@ -355,8 +351,9 @@ mod tests {
             .post_json(&hook(port), &body)
             .await
             .unwrap_err();
-        assert!(!err.connect && !err.timeout, "{err:?}");
-        assert!(err.detail.contains("reading the answer"), "{err:?}");
+        let (timeout, connect, detail) = transport(err);
+        assert!(!connect && !timeout, "{detail}");
+        assert!(detail.contains("reading the answer"), "{detail}");
         server.join().unwrap();
     }
 
