@@ -10,34 +10,37 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::bot::{ErrorView, GroupDirectory};
+use crate::bot::GroupDirectory;
 use crate::config::{Settings, parse_base_url};
 use crate::demo::SignedCallback;
-use crate::dingtalk::client::http_client;
 use crate::dingtalk::reply_http::proxy_variable;
-use crate::dingtalk::{ApiError, DingTalkClient, ReplyHttp, RetryPolicy};
+use crate::dingtalk::transport::http_client;
+use crate::dingtalk::{ApiError, DingTalkClient, ErrorKind, ReplyHttp, RetryPolicy};
 use crate::render::Renderer;
 use crate::sandbox::{Org, Sandbox};
 
 /// The fix an admin should apply for an API failure.
 fn fix_for(e: &ApiError) -> &'static str {
-    match ErrorView::from_api(e).kind {
-        "no_permission" => {
+    match e.kind() {
+        ErrorKind::NoPermission => {
             "grant the app the qyapi_chat_read permission in the developer console and publish it"
         }
-        "bad_chatid" => {
+        ErrorKind::BadChatid => {
             "the chatid is wrong or the group was not created by this app through the server API"
         }
-        "missing_chatid" => "fill in the chatid of this [[groups]] entry",
-        "bad_token" | "token_failed" => {
+        ErrorKind::MissingChatid => "fill in the chatid of this [[groups]] entry",
+        ErrorKind::BadToken | ErrorKind::TokenFailed => {
             "check dingtalk.app_key / DINGBOT_DINGTALK__APP_SECRET and the app's IP allow-list"
         }
-        "corp_missing" => "the app_key does not belong to an existing organisation",
-        "busy" => "DingTalk is busy or throttling; try again in a minute",
-        "slow" | "unavailable" => {
+        ErrorKind::CorpMissing => "the app_key does not belong to an existing organisation",
+        ErrorKind::Busy => "DingTalk is busy or throttling; try again in a minute",
+        ErrorKind::Slow | ErrorKind::Unavailable => {
             "DingTalk cannot be reached: check DNS, the egress firewall/proxy, and dingtalk.oapi_base"
         }
-        _ => "see the error code in DingTalk's error-code list",
+        ErrorKind::NotSceneGroup
+        | ErrorKind::UnknownUser
+        | ErrorKind::SendTooFast
+        | ErrorKind::Other => "see the error code in DingTalk's error-code list",
     }
 }
 

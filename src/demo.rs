@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::clock::now_ms;
 use crate::config::{Language, Settings};
 use crate::dingtalk::signature::sign;
-use crate::http::callback::now_ms;
 use crate::sandbox::{Endpoint, Fault, Group, Org, Sandbox, SentMessage};
 use crate::startup::Application;
 
@@ -168,7 +168,7 @@ pub async fn run(lang: Language, out: &mut (impl Write + Send)) -> anyhow::Resul
         .await
         .context("starting dingbot")?;
     let url = format!("http://127.0.0.1:{}/dingtalk/callback", app.port());
-    let stop = app.handle();
+    let stop = app.shutdown_trigger();
     let server = tokio::spawn(app.run_until_stopped());
     let http = reqwest::Client::new();
 
@@ -390,7 +390,7 @@ pub async fn run(lang: Language, out: &mut (impl Write + Send)) -> anyhow::Resul
         sandbox.calls(Endpoint::GroupBaseInfos),
         sandbox.calls(Endpoint::UserGet)
     )?;
-    stop.stop(true).await;
+    stop.cancel();
     server.await.context("joining the server")??;
     let _ = std::fs::remove_dir_all(&settings.storage.data_dir);
     Ok(())

@@ -7,8 +7,10 @@
 //! ## Layout
 //!
 //! - [`config`]: typed settings from a TOML file and `DINGBOT_*` variables, validated.
-//! - [`startup`]: builds the shared state and the HTTP server; owns background tasks.
-//! - [`http`]: routes (callback, health, readiness, metrics) and the status mapping.
+//! - [`startup`]: composes the service, owns background upkeep and the one shutdown path.
+//! - [`http`]: the HTTP door: routes (callback, health, readiness, metrics), status mapping.
+//! - [`pipeline`]: the transport-neutral callback path: admit → respond → deliver.
+//! - [`clock`]: the wall clock in DingTalk's unit (ms since the epoch).
 //! - [`dingtalk`]: DingTalk's wire formats: signature, callback body, replies, API client.
 //! - [`bot`]: command parsing and what each command answers.
 //! - [`render`]: reply templates (embedded defaults + admin overrides), markdown escaping.
@@ -22,10 +24,12 @@
 
 pub mod admin;
 pub mod bot;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod dingtalk;
 pub mod http;
+pub mod pipeline;
 pub mod ratelimit;
 pub mod render;
 pub mod sandbox;

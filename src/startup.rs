@@ -1,118 +1,33 @@
-//! Builds the running service from [`Settings`]: shared state, the bound HTTP server and
-//! its background tasks. Tests call [`Application::build`] with port 0.
+//! Builds the running service from [`Settings`]: the pipeline and its parts, the HTTP
+//! door, and the background upkeep; and owns the one shutdown path. Tests call
+//! [`Application::build`] with port 0.
 
 use std::net::TcpListener;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use actix_web::dev::{Server, ServerHandle};
+use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::bot::{Bot, BotOptions, GroupDirectory};
 use crate::config::{Settings, parse_base_url};
-use crate::dingtalk::client::http_client;
-use crate::dingtalk::{DingTalkClient, ReplyHttp, RetryPolicy, Verifier, WebhookPolicy};
-use crate::ratelimit::GroupLimiter;
+use crate::dingtalk::transport::http_client;
+use crate::dingtalk::{
+    DingTalkClient, ReplyHttp, ReplySender, RetryPolicy, Verifier, WebhookPolicy,
+};
+use crate::http::AppState;
+use crate::pipeline::{MemoryAdmission, MemoryOptions, Parts, Pipeline};
 use crate::render::Renderer;
-use crate::seen::{KeyOnly, SeenSet};
 use crate::store::BindingStore;
 
 /// Upper bound on remembered msgIds and on remembered signature pairs (each).
 const SEEN_CAPACITY: usize = 2_000_000;
 /// How long the HTTP workers get to close their connections once every reply is out.
 const WORKER_STOP_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long a failed readiness check is reused before trying DingTalk again.
-const READINESS_RETRY: Duration = Duration::from_secs(10);
-
-/// State shared by every request.
-pub struct AppState {
-    /// Checks callback signatures.
-    pub verifier: Verifier,
-    /// Where replies may go.
-    pub webhooks: WebhookPolicy,
-    /// msgIds already handled, for the signature window.
-    pub dedupe: SeenSet<KeyOnly>,
-    /// (timestamp, sign) → the message(s) it carried, for the signature window.
-    pub replay: SeenSet,
-    /// Per-group budget.
-    pub limiter: Arc<GroupLimiter>,
-    /// Decides replies.
-    pub bot: Arc<Bot>,
-    /// DingTalk API client (and, through `reply_http`, the reply client).
-    pub client: Arc<DingTalkClient>,
-    /// Reply tasks. Each runs on the HTTP worker that accepted its callback (no hand-off
-    /// to another thread); shutdown waits for them before it stops the workers.
-    pub tasks: TaskTracker,
-    /// Callbacks in flight (body read to reply sent); see `server.max_in_flight`.
-    pub in_flight: Arc<Semaphore>,
-    /// `server.max_in_flight`: all permits of `in_flight`.
-    pub max_in_flight: u32,
-    /// `server.queue_wait_ms`.
-    pub queue_wait: Duration,
-    /// Set once shutdown begins: new callbacks are refused, accepted ones finish.
-    pub draining: AtomicBool,
-    /// `server.body_limit_bytes`.
-    pub body_limit: usize,
-    /// `bot.inline_mention`.
-    pub inline_mention: bool,
-    /// Last failed readiness check, reused for a while so probes do not hammer DingTalk.
-    readiness_failure: std::sync::Mutex<Option<(Instant, String)>>,
-    /// Source of request ids for logs.
-    request_ids: AtomicU64,
-}
-
-impl AppState {
-    /// Callbacks holding an in-flight slot: accepted, reply not yet out.
-    pub fn callbacks_in_flight(&self) -> usize {
-        (self.max_in_flight as usize).saturating_sub(self.in_flight.available_permits())
-    }
-
-    /// Whether a callback with this msgId was accepted within the window.
-    pub fn handled_msg_id(&self, msg_id: &str) -> bool {
-        self.dedupe
-            .contains(self.dedupe.hash(msg_id), crate::http::callback::now_ms())
-    }
-
-    /// A new request id.
-    pub fn next_request_id(&self) -> u64 {
-        self.request_ids.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    /// Ok when an access token can be had; the reason otherwise.
-    pub async fn readiness(&self) -> Result<(), String> {
-        if let Some((at, reason)) = self
-            .readiness_failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            && at.elapsed() < READINESS_RETRY
-        {
-            return Err(reason.clone());
-        }
-        match self.client.access_token().await {
-            Ok(_) => {
-                *self
-                    .readiness_failure
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = None;
-                Ok(())
-            }
-            Err(e) => {
-                let reason = format!("cannot get a DingTalk access token: {e}");
-                *self
-                    .readiness_failure
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), reason.clone()));
-                Err(reason)
-            }
-        }
-    }
-}
+/// How often admission state is swept and the gauges refreshed.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(30);
 
 /// A failure to start.
 #[derive(Debug, thiserror::Error)]
@@ -149,10 +64,64 @@ pub struct Application {
     state: web::Data<AppState>,
     /// Grace period for replies after the server stops.
     grace: Duration,
-    /// Stops the eviction timer.
+    /// The upkeep loop.
     background: tokio::task::JoinHandle<()>,
     /// Cancelled to shut down gracefully, as SIGTERM does.
     shutdown: CancellationToken,
+}
+
+/// The DingTalk side: the API client and the reply sender, sharing one pooled reqwest
+/// client (the sender only uses it when a proxy is configured).
+fn dingtalk(settings: &Settings) -> Result<(Arc<DingTalkClient>, Arc<ReplySender>), StartupError> {
+    let dt = &settings.dingtalk;
+    let timeout = Duration::from_millis(dt.request_timeout_ms);
+    let http = http_client(timeout).map_err(|e| StartupError::Http(e.to_string()))?;
+    let retry = RetryPolicy {
+        deadline: timeout.mul_f64(1.6),
+        ..RetryPolicy::default()
+    };
+    let reply_http = ReplyHttp::new(dt.reply_client, timeout, &http).map_err(StartupError::Http)?;
+    match (
+        reply_http.name(),
+        crate::dingtalk::reply_http::proxy_variable(),
+    ) {
+        ("reqwest", Some(var)) => tracing::info!(
+            proxy_variable = var,
+            "replies go through reqwest and its proxy settings"
+        ),
+        (name, _) => tracing::debug!(reply_client = name, "reply client"),
+    }
+    let sender = ReplySender::new(reply_http, dt.max_parallel_requests, retry);
+    let client = DingTalkClient::from_settings(dt, http, retry);
+    Ok((Arc::new(client), Arc::new(sender)))
+}
+
+/// Where replies may go: `oapi_base` and the configured extra origins.
+fn webhook_policy(settings: &Settings) -> Result<WebhookPolicy, StartupError> {
+    let dt = &settings.dingtalk;
+    let oapi = parse_base_url(&dt.oapi_base).map_err(|problem| crate::config::ConfigError {
+        key: "dingtalk.oapi_base".into(),
+        problem,
+        source_name: "configuration".into(),
+    })?;
+    let extra: Vec<url::Url> = dt
+        .extra_webhook_hosts
+        .iter()
+        .filter_map(|h| parse_base_url(h).ok())
+        .collect();
+    Ok(WebhookPolicy::new(&oapi, extra.iter()))
+}
+
+/// In-memory admission state for `settings`.
+fn memory_admission(settings: &Settings) -> MemoryAdmission {
+    let dt = &settings.dingtalk;
+    MemoryAdmission::new(MemoryOptions {
+        capacity: SEEN_CAPACITY,
+        window_ms: i64::try_from(dt.max_clock_skew_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+        messages_per_signature: dt.max_messages_per_signature,
+        per_group_per_minute: NonZeroU32::new(settings.rate_limit.per_group_per_minute)
+            .unwrap_or(NonZeroU32::MIN),
+    })
 }
 
 impl Application {
@@ -171,39 +140,7 @@ impl Application {
         settings: &Settings,
         listener: TcpListener,
     ) -> Result<Application, StartupError> {
-        let dt = &settings.dingtalk;
-        let timeout = Duration::from_millis(dt.request_timeout_ms);
-        let http = http_client(timeout).map_err(|e| StartupError::Http(e.to_string()))?;
-        let retry = RetryPolicy {
-            deadline: timeout.mul_f64(1.6),
-            ..RetryPolicy::default()
-        };
-        let reply_http =
-            ReplyHttp::new(dt.reply_client, timeout, &http).map_err(StartupError::Http)?;
-        match (
-            reply_http.name(),
-            crate::dingtalk::reply_http::proxy_variable(),
-        ) {
-            ("reqwest", Some(var)) => {
-                tracing::info!(
-                    proxy_variable = var,
-                    "replies go through reqwest and its proxy settings"
-                )
-            }
-            (name, _) => tracing::debug!(reply_client = name, "reply client"),
-        }
-        let client =
-            Arc::new(DingTalkClient::from_settings(dt, http, retry).with_reply_http(reply_http));
-        let oapi = parse_base_url(&dt.oapi_base).map_err(|problem| crate::config::ConfigError {
-            key: "dingtalk.oapi_base".into(),
-            problem,
-            source_name: "configuration".into(),
-        })?;
-        let extra: Vec<url::Url> = dt
-            .extra_webhook_hosts
-            .iter()
-            .filter_map(|h| parse_base_url(h).ok())
-            .collect();
+        let (client, sender) = dingtalk(settings)?;
         let renderer = Renderer::new(settings.bot.language, settings.bot.templates_dir.as_deref())?;
         let groups = Arc::new(GroupDirectory::new(&settings.groups));
         let store = Arc::new(BindingStore::open(&settings.storage.data_dir)?);
@@ -214,79 +151,31 @@ impl Application {
             store,
             BotOptions::from_settings(settings),
         ));
-        let window_ms =
-            i64::try_from(dt.max_clock_skew_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-        let per_minute =
-            NonZeroU32::new(settings.rate_limit.per_group_per_minute).unwrap_or(NonZeroU32::MIN);
-        let limiter = Arc::new(GroupLimiter::new(per_minute));
-        let state = web::Data::new(AppState {
-            verifier: Verifier::new(&dt.app_secret, dt.max_clock_skew_secs),
-            webhooks: WebhookPolicy::new(&oapi, extra.iter()),
-            // A (timestamp, sign) pair is only accepted within the clock window of its
-            // timestamp, and DingTalk's redeliveries carry the same msgId within minutes:
-            // remembering both for one window is enough.
-            dedupe: SeenSet::keys_only(SEEN_CAPACITY, window_ms),
-            replay: SeenSet::new(SEEN_CAPACITY, window_ms, dt.max_messages_per_signature),
-            limiter: limiter.clone(),
+        let pipeline = Arc::new(Pipeline::new(Parts {
+            admission: Arc::new(memory_admission(settings)),
+            webhooks: webhook_policy(settings)?,
             bot,
-            client: client.clone(),
-            tasks: TaskTracker::new(),
-            in_flight: Arc::new(Semaphore::new(settings.server.max_in_flight)),
-            max_in_flight: u32::try_from(settings.server.max_in_flight).unwrap_or(u32::MAX),
+            sender,
+            max_in_flight: settings.server.max_in_flight,
             queue_wait: Duration::from_millis(settings.server.queue_wait_ms),
-            draining: AtomicBool::new(false),
-            body_limit: settings.server.body_limit_bytes,
-            inline_mention: settings.bot.inline_mention,
-            readiness_failure: std::sync::Mutex::new(None),
-            request_ids: AtomicU64::new(0),
-        });
-        let port = listener
-            .local_addr()
-            .map_err(|source| StartupError::Bind {
-                addr: settings.server.listen.clone(),
-                source,
-            })?
-            .port();
-        let callback_path = settings.server.callback_path.clone();
-        let grace = Duration::from_secs(settings.server.shutdown_grace_secs);
-        let app_state = state.clone();
-        let mut server = HttpServer::new(move || {
-            App::new()
-                .app_data(app_state.clone())
-                .configure(crate::http::routes(&callback_path))
-        })
-        // Used only after the replies are drained (`run_until`), for what is left.
-        .shutdown_timeout(WORKER_STOP_TIMEOUT.as_secs())
-        // dingbot handles SIGTERM/SIGINT itself so that one grace period covers both the
-        // open requests and the replies still being sent (see `run_until`).
-        .disable_signals()
-        .listen(listener)
-        .map_err(|source| StartupError::Bind {
-            addr: settings.server.listen.clone(),
-            source,
-        })?;
-        if settings.server.workers > 0 {
-            server = server.workers(settings.server.workers);
-        }
-        let server = server.run();
+        }));
+        let dt = &settings.dingtalk;
+        let state = web::Data::new(AppState::new(
+            Verifier::new(&dt.app_secret, dt.max_clock_skew_secs),
+            pipeline.clone(),
+            client.clone(),
+            settings.server.body_limit_bytes,
+        ));
+        let (port, server) = http_server(settings, listener, state.clone())?;
 
-        // Learn openConversationIds of [[groups]] without one; evict idle groups and
-        // expired dedupe/replay entries.
-        let sweep_state = state.clone();
+        // Learn openConversationIds of [[groups]] without one; then keep admission state
+        // and the gauges up to date.
         let background = tokio::spawn(async move {
             groups.resolve_pending(&client).await;
-            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            let mut tick = tokio::time::interval(MAINTENANCE_EVERY);
             loop {
                 tick.tick().await;
-                limiter.evict_idle();
-                let now = crate::http::callback::now_ms();
-                sweep_state.dedupe.sweep(now);
-                sweep_state.replay.sweep(now);
-                crate::telemetry::tracked_groups(limiter.tracked_groups());
-                crate::telemetry::callbacks_in_flight(sweep_state.callbacks_in_flight());
-                crate::telemetry::cached_groups(sweep_state.bot.cached_groups().await);
-                crate::telemetry::remembered("dedupe", sweep_state.dedupe.len());
-                crate::telemetry::remembered("replay", sweep_state.replay.len());
+                pipeline.maintain().await;
             }
         });
         tracing::info!(port, "dingbot listening");
@@ -294,7 +183,7 @@ impl Application {
             port,
             server,
             state,
-            grace,
+            grace: Duration::from_secs(settings.server.shutdown_grace_secs),
             background,
             shutdown: CancellationToken::new(),
         })
@@ -303,12 +192,6 @@ impl Application {
     /// The bound port.
     pub fn port(&self) -> u16 {
         self.port
-    }
-
-    /// A handle to the actix server. Stopping it directly skips the reply drain; use
-    /// [`Application::shutdown_trigger`] for the graceful path.
-    pub fn handle(&self) -> ServerHandle {
-        self.server.handle()
     }
 
     /// Cancelling this token shuts down exactly as SIGTERM does.
@@ -321,14 +204,8 @@ impl Application {
         self.state.clone()
     }
 
-    /// Serves until SIGTERM/SIGINT (or [`Application::shutdown_trigger`]), then finishes
-    /// open requests and replies within one grace period.
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.run_until(shutdown_signal()).await
-    }
-
-    /// Serves until `shutdown` completes or the trigger is cancelled. From that moment one
-    /// grace period bounds everything:
+    /// Serves until SIGTERM/SIGINT or [`Application::shutdown_trigger`], then finishes
+    /// open requests and replies within one grace period. The only way dingbot stops:
     ///
     /// 1. no new connections are accepted and callbacks on open connections get 503;
     /// 2. the callbacks already accepted finish, replies included (they run on the HTTP
@@ -336,15 +213,16 @@ impl Application {
     /// 3. the workers stop, closing the connections.
     ///
     /// Whatever is still running at the deadline is abandoned and logged.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let handle = self.server.handle();
         let mut server = tokio::spawn(self.server);
         let trigger = self.shutdown.clone();
+        let pipeline = self.state.pipeline.clone();
         let result = tokio::select! {
             joined = &mut server => {
-                if !self.state.tasks.is_empty() {
+                if pipeline.pending_replies() > 0 {
                     tracing::warn!(
-                        pending = self.state.tasks.len(),
+                        pending = pipeline.pending_replies(),
                         "server stopped without draining; replies still pending are lost"
                     );
                 }
@@ -352,27 +230,19 @@ impl Application {
             }
             () = async {
                 tokio::select! {
-                    () = shutdown => {}
+                    () = shutdown_signal() => {}
                     () = trigger.cancelled() => {}
                 }
             } => {
                 let deadline = tokio::time::Instant::now() + self.grace;
                 tracing::info!("shutdown requested: no longer accepting callbacks; finishing replies");
                 handle.pause().await;
-                self.state.draining.store(true, Ordering::SeqCst);
-                // Every accepted callback holds an in-flight permit until its reply is out:
-                // owning all of them means nothing is left to finish.
-                let all = self.state.in_flight.acquire_many(self.state.max_in_flight);
-                match tokio::time::timeout_at(deadline, all).await {
-                    Ok(Ok(permits)) => permits.forget(),
-                    Ok(Err(_)) => {}
-                    Err(_) => tracing::warn!(
-                        pending = self.state.tasks.len(),
+                if !pipeline.drain(deadline).await {
+                    tracing::warn!(
+                        pending = pipeline.pending_replies(),
                         "grace period over with replies still pending"
-                    ),
+                    );
                 }
-                // Waiters for a slot are refused at once from here on.
-                self.state.in_flight.close();
                 // What is left are idle keep-alive connections and quick requests (probes,
                 // refusals): a short graceful stop if the deadline allows, else a hard one.
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -391,7 +261,7 @@ impl Application {
                 }
             }
         };
-        self.state.tasks.close();
+        pipeline.close();
         self.background.abort();
         tracing::info!("stopped");
         match result {
@@ -399,6 +269,36 @@ impl Application {
             Err(e) => Err(std::io::Error::other(e)),
         }
     }
+}
+
+/// The actix server of the HTTP door on `listener`, and its port.
+fn http_server(
+    settings: &Settings,
+    listener: TcpListener,
+    state: web::Data<AppState>,
+) -> Result<(u16, Server), StartupError> {
+    let bind_error = |source| StartupError::Bind {
+        addr: settings.server.listen.clone(),
+        source,
+    };
+    let port = listener.local_addr().map_err(bind_error)?.port();
+    let callback_path = settings.server.callback_path.clone();
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .configure(crate::http::routes(&callback_path))
+    })
+    // Used only after the replies are drained, for what is left.
+    .shutdown_timeout(WORKER_STOP_TIMEOUT.as_secs())
+    // dingbot handles SIGTERM/SIGINT itself so that one grace period covers both the
+    // open requests and the replies still being sent (see `run_until_stopped`).
+    .disable_signals()
+    .listen(listener)
+    .map_err(bind_error)?;
+    if settings.server.workers > 0 {
+        server = server.workers(settings.server.workers);
+    }
+    Ok((port, server.run()))
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).

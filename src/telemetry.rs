@@ -11,7 +11,6 @@ use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::config::LogFormat;
-use crate::dingtalk::ApiError;
 
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -171,9 +170,10 @@ pub fn command(name: &'static str) {
     counter!("dingbot_commands_total", "command" => name).increment(1);
 }
 
-/// Counts a DingTalk API call and records its latency.
-pub fn api_call<T>(endpoint: &'static str, result: &Result<T, ApiError>, elapsed: Duration) {
-    if result.is_ok()
+/// Counts a DingTalk API call and records its latency; `failure` is the failed call's
+/// short code (its errcode, HTTP status or failure kind), `None` for success.
+pub fn api_call(endpoint: &'static str, failure: Option<String>, elapsed: Duration) {
+    if failure.is_none()
         && let Some(h) = HANDLES.get()
         && let Some(i) = HOT_ENDPOINTS.iter().position(|e| *e == endpoint)
     {
@@ -181,10 +181,7 @@ pub fn api_call<T>(endpoint: &'static str, result: &Result<T, ApiError>, elapsed
         calls.increment(1);
         return latency.record(elapsed.as_secs_f64());
     }
-    let code = match result {
-        Ok(_) => "0".to_string(),
-        Err(e) => e.metric_code(),
-    };
+    let code = failure.unwrap_or_else(|| "0".to_string());
     counter!("dingbot_api_calls_total", "endpoint" => endpoint, "code" => code).increment(1);
     histogram!("dingbot_api_latency_seconds", "endpoint" => endpoint).record(elapsed.as_secs_f64());
 }

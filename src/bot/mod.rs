@@ -16,12 +16,13 @@ pub mod resolver;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::Serialize;
 
 use crate::config::{InfoSource, Settings};
 use crate::dingtalk::outbound::MarkdownHead;
-use crate::dingtalk::{ApiError, Body, Callback, ConversationKind, DingTalkClient};
-use crate::render::{Rendered, Renderer, Template};
+use crate::dingtalk::{ApiError, Body, Callback, ConversationKind, DingTalkClient, ErrorKind};
+use crate::render::{Rendered, Renderer, Template, escape_markdown};
 use crate::store::{Binding, BindingStore};
 use crate::telemetry;
 pub use command::Command;
@@ -43,6 +44,8 @@ pub struct BotOptions {
     pub denied_backoff: Duration,
     /// `bot.admin_user_ids`.
     pub admin_user_ids: Vec<String>,
+    /// `bot.inline_mention`: also write `@userid` into the text.
+    pub inline_mention: bool,
 }
 
 impl BotOptions {
@@ -56,6 +59,7 @@ impl BotOptions {
             sources: settings.group_info.sources.clone(),
             denied_backoff: Duration::from_secs(settings.group_info.denied_backoff_secs),
             admin_user_ids: settings.bot.admin_user_ids.clone(),
+            inline_mention: settings.bot.inline_mention,
         }
     }
 }
@@ -76,6 +80,8 @@ pub struct Bot {
     store: Arc<BindingStore>,
     /// Userids allowed to `/bind` besides DingTalk's group admins.
     admin_user_ids: Vec<String>,
+    /// Also write `@userid` into the text.
+    inline_mention: bool,
     /// openConversationId → merged summary, shared by concurrent lookups (single flight);
     /// None = disabled.
     info_cache: Option<moka::future::Cache<String, Arc<Looked>>>,
@@ -99,6 +105,18 @@ impl Looked {
     }
 }
 
+/// What an admitted callback gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    /// The answer to its command.
+    Answer,
+    /// The group is over its budget: the one slow-down notice of this window.
+    SlowDown {
+        /// Seconds until the group may send again.
+        retry_after_secs: u64,
+    },
+}
+
 /// A reply made for this callback, or one shared with every caller that gets the same answer.
 enum Answer {
     Fresh(Rendered),
@@ -112,7 +130,7 @@ impl From<Rendered> for Answer {
 }
 
 /// The message body for `rendered`, up to the per-reply part.
-pub fn head(rendered: &Rendered) -> MarkdownHead {
+fn head(rendered: &Rendered) -> MarkdownHead {
     MarkdownHead::new(&rendered.title, &rendered.text)
 }
 
@@ -269,60 +287,27 @@ impl ErrorView {
 
     /// Classifies an API failure for the user.
     pub fn from_api(e: &ApiError) -> ErrorView {
-        let mut view = ErrorView {
-            kind: "other",
-            errcode: None,
-            errmsg: None,
-            scope: None,
+        let kind = match e.kind() {
+            // Kinds the reply template has no words of its own for are shown with
+            // DingTalk's code and message.
+            ErrorKind::NotSceneGroup
+            | ErrorKind::UnknownUser
+            | ErrorKind::SendTooFast
+            | ErrorKind::Other => ErrorKind::Other,
+            kind => kind,
         };
-        match e {
-            ApiError::DingTalk {
-                endpoint,
-                errcode,
-                errmsg,
-                ..
-            } => {
-                view.errcode = Some(*errcode);
-                view.kind = match errcode {
-                    _ if *endpoint == "gettoken" && *errcode != -1 => "token_failed",
-                    43007 | 88 => "no_permission",
-                    40016 => "bad_chatid",
-                    49000 => "missing_chatid",
-                    40001 | 40014 | 42001 => "bad_token",
-                    70001 => "corp_missing",
-                    c if crate::dingtalk::error::TRANSIENT_ERRCODES.contains(c) => "busy",
-                    _ => {
-                        view.errmsg = Some(errmsg.chars().take(100).collect());
-                        "other"
-                    }
-                };
-                if view.kind == "no_permission" {
-                    view.scope = Some("qyapi_chat_read".into());
-                }
+        let errmsg = match e {
+            ApiError::DingTalk { errmsg, .. } if kind == ErrorKind::Other => {
+                Some(errmsg.chars().take(100).collect())
             }
-            ApiError::Http {
-                endpoint,
-                status,
-                required_scopes,
-                ..
-            } => {
-                view.kind = if e.is_permission_denied() {
-                    view.scope = required_scopes.first().cloned();
-                    "no_permission"
-                } else if e.is_invalid_token() {
-                    "bad_token"
-                } else if *endpoint == "gettoken" {
-                    "token_failed"
-                } else if *status >= 500 || *status == 429 {
-                    "busy"
-                } else {
-                    "other"
-                };
-            }
-            ApiError::Transport { timeout: true, .. } => view.kind = "slow",
-            ApiError::Transport { .. } | ApiError::BadBody { .. } => view.kind = "unavailable",
+            _ => None,
+        };
+        ErrorView {
+            kind: kind.name(),
+            errcode: e.errcode(),
+            errmsg,
+            scope: e.missing_scope(),
         }
-        view
     }
 }
 
@@ -359,6 +344,7 @@ impl Bot {
             resolver,
             store,
             admin_user_ids: options.admin_user_ids,
+            inline_mention: options.inline_mention,
             info_cache,
         }
     }
@@ -402,17 +388,32 @@ impl Bot {
         }
     }
 
-    /// The renderer (the HTTP layer renders the slow-down notice with it).
-    pub fn renderer(&self) -> &Renderer {
-        &self.renderer
-    }
-
-    /// The reply for a verified, accepted callback.
-    pub async fn respond(&self, cb: &Callback) -> Arc<MarkdownHead> {
-        match Box::pin(self.answer(cb)).await {
-            Answer::Fresh(rendered) => Arc::new(head(&rendered)),
-            Answer::Shared(head) => head,
-        }
+    /// Stage 2 of the pipeline: the finished message for an admitted callback — the
+    /// command's answer or the slow-down notice, with the sender @-mentioned — serialized
+    /// once, so a retry resends the same bytes.
+    pub async fn respond(&self, cb: &Callback, task: Task) -> Bytes {
+        let head = match task {
+            Task::Answer => match Box::pin(self.answer(cb)).await {
+                Answer::Fresh(rendered) => Arc::new(head(&rendered)),
+                Answer::Shared(head) => head,
+            },
+            Task::SlowDown { retry_after_secs } => {
+                #[derive(Serialize)]
+                struct SlowView {
+                    retry_after_secs: u64,
+                }
+                let rendered = self
+                    .renderer
+                    .render(Template::SlowDown, &SlowView { retry_after_secs });
+                Arc::new(head(&rendered))
+            }
+        };
+        let mention = cb.sender_staff_id.as_deref();
+        let inline = match (self.inline_mention, mention) {
+            (true, Some(id)) => Some(format!("\n\n@{}", escape_markdown(id))),
+            _ => None,
+        };
+        head.finish(inline.as_deref(), mention)
     }
 
     async fn answer(&self, cb: &Callback) -> Answer {
@@ -546,13 +547,7 @@ impl Bot {
             Ok(Ok(cid)) => cid,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "bind: chatid conversion failed");
-                let unknown = match &e {
-                    ApiError::Http { status, .. } => {
-                        matches!(status, 400 | 404) && !e.is_permission_denied()
-                    }
-                    ApiError::DingTalk { errcode, .. } => *errcode == 40016,
-                    _ => false,
-                };
+                let unknown = e.kind() == ErrorKind::BadChatid;
                 if unknown {
                     return reply("unknown_chatid", None);
                 }

@@ -29,7 +29,7 @@ use serde::Serialize;
 use super::groups::GroupDirectory;
 use crate::config::InfoSource;
 use crate::dingtalk::client::{ChatInfo, GroupBaseInfo, ManagementOptions, SceneGroupInfo};
-use crate::dingtalk::{ApiError, DingTalkClient};
+use crate::dingtalk::{ApiError, DingTalkClient, ErrorKind};
 
 /// How long an owner's display name is reused.
 const NAME_TTL: Duration = Duration::from_secs(3600);
@@ -105,19 +105,7 @@ pub enum Missing {
 impl Missing {
     /// From a non-fatal failure.
     fn failed(api: Api, e: &ApiError) -> Missing {
-        let (code, message) = match e {
-            ApiError::DingTalk {
-                errcode, errmsg, ..
-            } => (errcode.to_string(), errmsg.clone()),
-            ApiError::Http {
-                status,
-                code,
-                message,
-                ..
-            } if !code.is_empty() => (code.clone(), message.clone()),
-            ApiError::Http { status, .. } => (format!("HTTP {status}"), String::new()),
-            other => (other.metric_code(), String::new()),
-        };
+        let (code, message) = e.code_and_message();
         Missing::Failed {
             api: api.path(),
             code,
@@ -139,40 +127,28 @@ pub enum Verdict {
 
 /// Classifies a failure of `api` (pure; the rules are in the module docs).
 pub fn classify(api: Api, e: &ApiError) -> Verdict {
-    if e.endpoint() == "gettoken" || e.is_transient() || e.is_invalid_token() {
+    if e.is_token_call() {
         return Verdict::Fatal;
     }
-    let errcode = match e {
-        ApiError::DingTalk { errcode, .. } => Some(*errcode),
-        _ => None,
-    };
-    if e.is_permission_denied() || matches!(errcode, Some(43007 | 88)) {
-        return Verdict::Refused(Missing::Denied {
+    match e.kind() {
+        ErrorKind::TokenFailed
+        | ErrorKind::BadToken
+        | ErrorKind::Busy
+        | ErrorKind::Slow
+        | ErrorKind::Unavailable
+        | ErrorKind::CorpMissing => Verdict::Fatal,
+        ErrorKind::NoPermission => Verdict::Refused(Missing::Denied {
             api: api.path(),
-            scope: scope_for(api, e),
-        });
-    }
-    match (api, errcode) {
-        (Api::SceneGroup, Some(400020 | 40035)) => Verdict::Refused(Missing::NotSceneGroup),
-        (Api::UserGet, Some(60121 | 60003)) => Verdict::Refused(Missing::UnknownUser),
-        (_, Some(70001)) | (Api::ChatGet, _) => Verdict::Fatal,
+            scope: e
+                .missing_scope()
+                .unwrap_or_else(|| e.documented_scope().to_string()),
+        }),
+        ErrorKind::NotSceneGroup if api == Api::SceneGroup => {
+            Verdict::Refused(Missing::NotSceneGroup)
+        }
+        ErrorKind::UnknownUser if api == Api::UserGet => Verdict::Refused(Missing::UnknownUser),
+        _ if api == Api::ChatGet => Verdict::Fatal,
         _ => Verdict::Failed(Missing::failed(api, e)),
-    }
-}
-
-/// The permission a refusal of `api` asks for: what DingTalk named, else what the API is
-/// documented to need.
-fn scope_for(api: Api, e: &ApiError) -> String {
-    if let ApiError::Http {
-        required_scopes, ..
-    } = e
-        && let Some(scope) = required_scopes.first()
-    {
-        return scope.clone();
-    }
-    match api {
-        Api::UserGet => "qyapi_get_member".into(),
-        _ => "qyapi_chat_read".into(),
     }
 }
 
@@ -602,12 +578,7 @@ impl Resolver {
                 let call = async {
                     match self.client.user_name(userid).await {
                         Ok(name) if !name.trim().is_empty() => Ok(name),
-                        Ok(_) => Err(ApiError::DingTalk {
-                            endpoint: "user/get",
-                            errcode: 60121,
-                            errmsg: String::new(),
-                            sub_code: None,
-                        }),
+                        Ok(_) => Err(ApiError::unknown_user()),
                         Err(e) => Err(e),
                     }
                 };
@@ -834,7 +805,7 @@ mod tests {
     ) -> (Sandbox, Resolver, Arc<GroupDirectory>) {
         let sandbox = Sandbox::start(Org::demo()).await.unwrap();
         let base = sandbox.base_url();
-        let http = crate::dingtalk::client::http_client(Duration::from_secs(2)).unwrap();
+        let http = crate::dingtalk::transport::http_client(Duration::from_secs(2)).unwrap();
         let client = Arc::new(DingTalkClient::new(
             http,
             &base,

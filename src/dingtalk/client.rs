@@ -1,9 +1,8 @@
 //! The DingTalk server-API client: access token, `chat/get`, chatid conversion, scene-group
 //! and base-info lookups, user names, and posting replies to a sessionWebhook.
 //!
-//! One pooled `reqwest::Client` serves every API call; replies go through
-//! [`ReplyHttp`](super::reply_http::ReplyHttp) (by default a leaner client of their own).
-//! Every call has a timeout; retryable
+//! One pooled `reqwest::Client` serves every API call; replies are not sent here but by
+//! [`super::sender`]. Every call has a timeout; retryable
 //! failures ([`ApiError::is_transient`]) are retried with exponential backoff and jitter
 //! inside an overall deadline; a refused access token is dropped and the call retried once
 //! with a fresh one. Tokens are fetched one at a time and reused until shortly before
@@ -12,36 +11,14 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use url::Url;
 
 use super::error::ApiError;
-use super::reply_http::ReplyHttp;
+use super::transport::{self, DEFAULT_PARALLEL_REQUESTS, RetryPolicy};
 use crate::telemetry;
-
-/// How hard to try before giving up on one logical call.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    /// Attempts in total (first try included).
-    pub attempts: u32,
-    /// Pause before the first retry; doubles each time, with ±50 % jitter.
-    pub base_delay: Duration,
-    /// Give up when the next attempt would start after this much time in total.
-    pub deadline: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            attempts: 4,
-            base_delay: Duration::from_millis(200),
-            deadline: Duration::from_secs(8),
-        }
-    }
-}
 
 /// `chat_info` of a `chat/get` answer (protocol doc §5.2).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -136,10 +113,6 @@ pub struct DingTalkClient {
     retry: RetryPolicy,
     /// API calls on the wire at once (`dingtalk.max_parallel_requests`).
     api_slots: tokio::sync::Semaphore,
-    /// Reply POSTs on the wire at once (as many again: a slow API never holds up replies).
-    reply_slots: tokio::sync::Semaphore,
-    /// The client reply POSTs go through.
-    reply_http: ReplyHttp,
 }
 
 impl std::fmt::Debug for DingTalkClient {
@@ -149,39 +122,6 @@ impl std::fmt::Debug for DingTalkClient {
             .field("api", &self.api)
             .finish_non_exhaustive()
     }
-}
-
-/// The endpoint name of reply POSTs (metrics label, slot pool).
-pub(super) const SEND_BY_SESSION: &str = "sendBySession";
-
-/// Requests to DingTalk on the wire at once unless configured otherwise.
-pub const DEFAULT_PARALLEL_REQUESTS: usize = 32;
-
-/// `User-Agent` of every outbound request.
-pub const USER_AGENT: &str = concat!("dingbot/", env!("CARGO_PKG_VERSION"));
-
-/// Idle pooled connections are closed after this long: below common server keep-alive
-/// limits, so a pooled connection is rarely reused just as the server closes it (a reply
-/// POST lost that way is not retried).
-pub const POOL_IDLE: Duration = Duration::from_secs(30);
-
-/// The connect timeout that goes with a request timeout.
-pub fn connect_timeout(timeout: Duration) -> Duration {
-    timeout.min(Duration::from_secs(3))
-}
-
-/// Builds the shared outbound HTTP client.
-pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(connect_timeout(timeout))
-        .pool_idle_timeout(POOL_IDLE)
-        .tcp_nodelay(true)
-        // A redirect would carry a reply past the sessionWebhook allow-list (and the
-        // token to another host); DingTalk's APIs do not redirect.
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(USER_AGENT)
-        .build()
 }
 
 impl DingTalkClient {
@@ -195,7 +135,6 @@ impl DingTalkClient {
         retry: RetryPolicy,
     ) -> DingTalkClient {
         DingTalkClient {
-            reply_http: ReplyHttp::Reqwest(http.clone()),
             http,
             oapi: oapi_base.trim_end_matches('/').to_string(),
             api: api_base.trim_end_matches('/').to_string(),
@@ -205,7 +144,6 @@ impl DingTalkClient {
             refresh: tokio::sync::Mutex::new(()),
             retry,
             api_slots: tokio::sync::Semaphore::new(DEFAULT_PARALLEL_REQUESTS),
-            reply_slots: tokio::sync::Semaphore::new(DEFAULT_PARALLEL_REQUESTS),
         }
     }
 
@@ -227,30 +165,18 @@ impl DingTalkClient {
         .with_parallel_requests(dt.max_parallel_requests)
     }
 
-    /// Caps the API calls, and separately the reply POSTs, on the wire at once (default
-    /// 32 each). Requests beyond it wait their turn, so the pool keeps a few warm
-    /// connections (and their buffers) instead of opening one per pending reply; with two
-    /// separate caps a slow API never holds up replies.
+    /// Caps the API calls on the wire at once (default 32). Calls beyond it wait their
+    /// turn, so the pool keeps a few warm connections (and their buffers) instead of opening
+    /// one per pending lookup. Reply POSTs have a cap of their own in the sender, so a slow
+    /// API never holds up replies.
     pub fn with_parallel_requests(mut self, n: usize) -> DingTalkClient {
         self.api_slots = tokio::sync::Semaphore::new(n.max(1));
-        self.reply_slots = tokio::sync::Semaphore::new(n.max(1));
-        self
-    }
-
-    /// Sends replies through `reply_http` instead of the shared reqwest client.
-    pub fn with_reply_http(mut self, reply_http: ReplyHttp) -> DingTalkClient {
-        self.reply_http = reply_http;
         self
     }
 
     /// The shared HTTP client of the API calls.
     pub fn http(&self) -> &reqwest::Client {
         &self.http
-    }
-
-    /// The client replies go through.
-    pub fn reply_http(&self) -> &ReplyHttp {
-        &self.reply_http
     }
 
     /// A valid access token: the cached one, or a fresh one (one fetch at a time).
@@ -448,30 +374,6 @@ impl DingTalkClient {
         Ok(answer.result.name)
     }
 
-    /// POSTs a reply to a sessionWebhook (already checked against the allow-list).
-    /// Sending is not idempotent: it is retried only when DingTalk surely did not take the
-    /// message ([`ApiError::surely_not_delivered`]), so a group never sees a reply twice.
-    pub async fn send_to_webhook(
-        &self,
-        webhook: &hyper::Uri,
-        body: &bytes::Bytes,
-    ) -> Result<(), ApiError> {
-        #[derive(Deserialize)]
-        struct Ack {}
-        self.with_retries_if(SEND_BY_SESSION, ApiError::surely_not_delivered, || async {
-            let started = Instant::now();
-            let result = async {
-                let _slot = self.reply_slots.acquire().await;
-                let (status, answer) = self.reply_http.post_json(webhook, body).await?;
-                oapi_answer::<Ack>(SEND_BY_SESSION, status, &answer)
-            }
-            .await;
-            telemetry::api_call(SEND_BY_SESSION, &result, started.elapsed());
-            result.map(|_| ())
-        })
-        .await
-    }
-
     /// Runs `call` with a token; on an invalid-token answer drops it and tries once more.
     async fn with_token<T, F, Fut>(&self, endpoint: &'static str, call: F) -> Result<T, ApiError>
     where
@@ -511,25 +413,7 @@ impl DingTalkClient {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, ApiError>>,
     {
-        let started = Instant::now();
-        let mut delay = self.retry.base_delay;
-        let mut attempt = 1;
-        loop {
-            let err = match call().await {
-                Ok(v) => return Ok(v),
-                Err(e) => e,
-            };
-            let jittered = delay.mul_f64(rand::rng().random_range(0.5..1.5));
-            let out_of_time = started.elapsed() + jittered >= self.retry.deadline;
-            if !retryable(&err) || attempt >= self.retry.attempts || out_of_time {
-                return Err(err);
-            }
-            tracing::debug!(endpoint, attempt, error = %err, "retrying DingTalk call");
-            telemetry::api_retry(endpoint);
-            tokio::time::sleep(jittered).await;
-            delay = delay.saturating_mul(2);
-            attempt += 1;
-        }
+        transport::with_retries_if(&self.retry, endpoint, retryable, call).await
     }
 
     /// Sends a legacy-host request: HTTP 200 with `errcode` 0 is success.
@@ -540,7 +424,7 @@ impl DingTalkClient {
     ) -> Result<T, ApiError> {
         let started = Instant::now();
         let result = self.send_oapi_inner(endpoint, req).await;
-        telemetry::api_call(endpoint, &result, started.elapsed());
+        transport::record(endpoint, &result, started);
         result
     }
 
@@ -550,7 +434,7 @@ impl DingTalkClient {
         req: reqwest::RequestBuilder,
     ) -> Result<T, ApiError> {
         let (status, body) = self.send(endpoint, req).await?;
-        oapi_answer(endpoint, status, &body)
+        transport::oapi_answer(endpoint, status, &body)
     }
 
     /// Sends a new-host request: 2xx with a JSON body is success, 4xx/5xx carries `code`.
@@ -561,7 +445,7 @@ impl DingTalkClient {
     ) -> Result<T, ApiError> {
         let started = Instant::now();
         let result = self.send_api_inner(endpoint, req).await;
-        telemetry::api_call(endpoint, &result, started.elapsed());
+        transport::record(endpoint, &result, started);
         result
     }
 
@@ -611,48 +495,6 @@ impl DingTalkClient {
     }
 }
 
-/// Reads a legacy-host answer: HTTP 2xx with `errcode` absent or 0 is success.
-fn oapi_answer<T: DeserializeOwned>(
-    endpoint: &'static str,
-    status: u16,
-    body: &[u8],
-) -> Result<T, ApiError> {
-    // Fast path: a 2xx whose errcode is absent or 0 parses straight into `T`.
-    #[derive(Deserialize)]
-    struct Envelope {
-        errcode: Option<i64>,
-    }
-    if (200..300).contains(&status)
-        && let Ok(Envelope {
-            errcode: None | Some(0),
-        }) = serde_json::from_slice(body)
-    {
-        return serde_json::from_slice(body).map_err(|_| ApiError::BadBody { endpoint, status });
-    }
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|_| ApiError::BadBody { endpoint, status })?;
-    let errcode = value.get("errcode").and_then(|v| v.as_i64()).unwrap_or(0);
-    if errcode != 0 {
-        let text = |k: &str| {
-            value.get(k).and_then(|v| match v {
-                serde_json::Value::String(s) => Some(s.clone()),
-                serde_json::Value::Number(n) => Some(n.to_string()),
-                _ => None,
-            })
-        };
-        return Err(ApiError::DingTalk {
-            endpoint,
-            errcode,
-            errmsg: text("errmsg").unwrap_or_default(),
-            sub_code: text("sub_code"),
-        });
-    }
-    if !(200..300).contains(&status) {
-        return Err(ApiError::BadBody { endpoint, status });
-    }
-    serde_json::from_value(value).map_err(|_| ApiError::BadBody { endpoint, status })
-}
-
 /// Sends and reads the whole body; transport errors lose their URL (it may hold a token).
 impl DingTalkClient {
     /// Sends `req` once a slot is free and reads the whole answer. A slot is held per
@@ -663,22 +505,6 @@ impl DingTalkClient {
         req: reqwest::RequestBuilder,
     ) -> Result<(u16, bytes::Bytes), ApiError> {
         let _slot = self.api_slots.acquire().await;
-        send(endpoint, req).await
+        transport::send(endpoint, req).await
     }
-}
-
-pub(super) async fn send(
-    endpoint: &'static str,
-    req: reqwest::RequestBuilder,
-) -> Result<(u16, bytes::Bytes), ApiError> {
-    let transport = |e: reqwest::Error| ApiError::Transport {
-        endpoint,
-        timeout: e.is_timeout(),
-        connect: e.is_connect(),
-        detail: e.without_url().to_string(),
-    };
-    let resp = req.send().await.map_err(transport)?;
-    let status = resp.status().as_u16();
-    let body = resp.bytes().await.map_err(transport)?;
-    Ok((status, body))
 }

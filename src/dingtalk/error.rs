@@ -10,6 +10,61 @@
 /// `errcode`s that mean "busy or throttled, try again later" (protocol doc §4.3, §8).
 pub const TRANSIENT_ERRCODES: &[i64] = &[-1, 90002, 90005, 90006, 90018, 90019];
 
+/// What a failure means, whatever host or code DingTalk used to say it. This is the only
+/// place DingTalk's error codes are interpreted; everything outside `dingtalk/` (replies,
+/// the resolver, `dingbot check`) works with these kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The app lacks a permission ([`ApiError::missing_scope`] names it when known).
+    NoPermission,
+    /// The chatid does not exist or is not visible to this app.
+    BadChatid,
+    /// A chatid is required and none was given.
+    MissingChatid,
+    /// DingTalk refused the access token (expired or invalid).
+    BadToken,
+    /// No access token could be had for these credentials.
+    TokenFailed,
+    /// The app's organisation does not exist.
+    CorpMissing,
+    /// The group is not a scene group of this app (`scenegroup/get`).
+    NotSceneGroup,
+    /// DingTalk does not know this user (`user/get`).
+    UnknownUser,
+    /// The robot sent too many messages to the group (130101): DingTalk throttles it.
+    SendTooFast,
+    /// Busy or throttled: worth trying again later.
+    Busy,
+    /// No answer in time.
+    Slow,
+    /// No usable answer (connection failed, unreadable body).
+    Unavailable,
+    /// Anything else; the errcode and message are in the error.
+    Other,
+}
+
+impl ErrorKind {
+    /// The snake_case name templates and `dingbot check` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::NoPermission => "no_permission",
+            ErrorKind::BadChatid => "bad_chatid",
+            ErrorKind::MissingChatid => "missing_chatid",
+            ErrorKind::BadToken => "bad_token",
+            ErrorKind::TokenFailed => "token_failed",
+            ErrorKind::CorpMissing => "corp_missing",
+            ErrorKind::NotSceneGroup => "not_scene_group",
+            ErrorKind::UnknownUser => "unknown_user",
+            ErrorKind::SendTooFast => "send_too_fast",
+            ErrorKind::Busy => "busy",
+            ErrorKind::Slow => "slow",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Other => "other",
+        }
+    }
+}
+
 /// A failed DingTalk API call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -116,6 +171,111 @@ impl ApiError {
             ApiError::Http { status, code, .. } => *status == 403 || code.starts_with("Forbidden"),
             _ => false,
         }
+    }
+
+    /// What the failure means (the one place errcodes are read; see [`ErrorKind`]).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ApiError::Transport { timeout: true, .. } => ErrorKind::Slow,
+            ApiError::Transport { .. } | ApiError::BadBody { .. } => ErrorKind::Unavailable,
+            ApiError::DingTalk {
+                endpoint, errcode, ..
+            } => match (*endpoint, *errcode) {
+                ("gettoken", c) if c != -1 => ErrorKind::TokenFailed,
+                (_, 43007 | 88) => ErrorKind::NoPermission,
+                (_, 40016) => ErrorKind::BadChatid,
+                (_, 49000) => ErrorKind::MissingChatid,
+                (_, 40001 | 40014 | 42001) => ErrorKind::BadToken,
+                (_, 70001) => ErrorKind::CorpMissing,
+                ("scenegroup/get", 400020 | 40035) => ErrorKind::NotSceneGroup,
+                ("user/get", 60121 | 60003) => ErrorKind::UnknownUser,
+                (_, 130101) => ErrorKind::SendTooFast,
+                (_, c) if TRANSIENT_ERRCODES.contains(&c) => ErrorKind::Busy,
+                _ => ErrorKind::Other,
+            },
+            ApiError::Http {
+                endpoint,
+                status,
+                code,
+                ..
+            } => {
+                if self.is_permission_denied() {
+                    ErrorKind::NoPermission
+                } else if self.is_invalid_token() {
+                    ErrorKind::BadToken
+                } else if *endpoint == "gettoken" {
+                    ErrorKind::TokenFailed
+                } else if *status >= 500 || *status == 429 || code.contains("Throttling") {
+                    ErrorKind::Busy
+                } else if *endpoint == "convertToOpenConversationId" && matches!(status, 400 | 404)
+                {
+                    ErrorKind::BadChatid
+                } else {
+                    ErrorKind::Other
+                }
+            }
+        }
+    }
+
+    /// The permission scope a [`ErrorKind::NoPermission`] failure asks for: the one
+    /// DingTalk named, else the one the endpoint is documented to need.
+    pub fn missing_scope(&self) -> Option<String> {
+        if self.kind() != ErrorKind::NoPermission {
+            return None;
+        }
+        if let ApiError::Http {
+            required_scopes, ..
+        } = self
+        {
+            return required_scopes.first().cloned();
+        }
+        Some(self.documented_scope().to_string())
+    }
+
+    /// The permission this endpoint is documented to need.
+    pub fn documented_scope(&self) -> &'static str {
+        match self.endpoint() {
+            "user/get" => "qyapi_get_member",
+            _ => "qyapi_chat_read",
+        }
+    }
+
+    /// DingTalk's own code as text (errcode, HTTP `code` string or `HTTP <status>`) and its
+    /// message, for a "why missing" note; the failure kind when DingTalk gave no code.
+    pub fn code_and_message(&self) -> (String, String) {
+        match self {
+            ApiError::DingTalk {
+                errcode, errmsg, ..
+            } => (errcode.to_string(), errmsg.clone()),
+            ApiError::Http { code, message, .. } if !code.is_empty() => {
+                (code.clone(), message.clone())
+            }
+            ApiError::Http { status, .. } => (format!("HTTP {status}"), String::new()),
+            other => (other.metric_code(), String::new()),
+        }
+    }
+
+    /// DingTalk's errcode, when the failure carries one.
+    pub fn errcode(&self) -> Option<i64> {
+        match self {
+            ApiError::DingTalk { errcode, .. } => Some(*errcode),
+            _ => None,
+        }
+    }
+
+    /// `user/get` answered without a name: treated as DingTalk's "no such user" (60121).
+    pub fn unknown_user() -> ApiError {
+        ApiError::DingTalk {
+            endpoint: "user/get",
+            errcode: 60121,
+            errmsg: String::new(),
+            sub_code: None,
+        }
+    }
+
+    /// Whether the failed call was the access-token fetch itself.
+    pub fn is_token_call(&self) -> bool {
+        self.endpoint() == "gettoken"
     }
 
     /// A short stable label for metrics: the errcode, the HTTP code, or the failure kind.

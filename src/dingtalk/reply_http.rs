@@ -25,8 +25,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Deserialize;
 
-use super::client::{self, POOL_IDLE, SEND_BY_SESSION, connect_timeout};
 use super::error::ApiError;
+use super::transport::{self, POOL_IDLE, SEND_BY_SESSION, connect_timeout};
 
 /// A sessionWebhook answers `{"errcode":0,"errmsg":"ok"}`; anything far bigger is not one.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -110,7 +110,7 @@ impl ReplyHttp {
         Ok(ReplyHttp::Direct(DirectClient {
             client,
             timeout,
-            user_agent: HeaderValue::from_static(client::USER_AGENT),
+            user_agent: HeaderValue::from_static(transport::USER_AGENT),
         }))
     }
 
@@ -134,7 +134,7 @@ impl ReplyHttp {
                     .post(uri.to_string())
                     .header(CONTENT_TYPE, "application/json")
                     .body(body.clone());
-                client::send(SEND_BY_SESSION, req).await
+                transport::send(SEND_BY_SESSION, req).await
             }
         }
     }

@@ -1,35 +1,21 @@
-//! `POST {callback_path}`: verify, parse, dedupe, limit, answer 200 at once, reply later.
+//! `POST {callback_path}`: the HTTP door. It only turns the wire into a verified
+//! [`Callback`] and hands it to the [`Pipeline`](crate::pipeline::Pipeline).
 //!
 //! Order matters and is an invariant: the signature headers are checked before the body
-//! is read; nothing is recorded (dedupe, replay, rate-limit budget) for a request that is
-//! refused; the reply is sent by a tracked background task so the HTTP answer is prompt and
-//! graceful shutdown can wait for it.
-
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::{SystemTime, UNIX_EPOCH};
+//! is read; a refused request changes no state; the answer (200) is sent as soon as the
+//! pipeline has admitted the callback, and the reply follows from a tracked task.
 
 use actix_web::http::header::{self, HeaderName};
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
-use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
 use tracing::Instrument;
 
 use super::error::Rejection;
-use crate::dingtalk::{ApiError, Callback, RobotMessage, Verified};
-use crate::ratelimit::Decision;
-use crate::render::{Template, escape_markdown};
-use crate::seen::Seen;
-use crate::startup::AppState;
+use super::state::AppState;
+use crate::clock::now_ms;
+use crate::dingtalk::{RobotMessage, Verified};
+use crate::pipeline::{Decision, SignedPair};
 use crate::telemetry::{self, Outcome};
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// The handler.
 pub async fn callback(
@@ -77,7 +63,10 @@ pub async fn callback(
                     }
                 }
             }
-            if matches!(rejection, Rejection::Signature(_) | Rejection::Overloaded) {
+            if matches!(
+                rejection,
+                Rejection::Signature(_) | Rejection::Refused(crate::pipeline::Refusal::Overloaded)
+            ) {
                 discard_small_body(&req, &mut payload, state.body_limit).await;
             }
             rejection.response()
@@ -106,30 +95,6 @@ async fn discard_small_body(req: &HttpRequest, payload: &mut web::Payload, limit
     }
 }
 
-/// An in-flight slot: at once when one is free, else after waiting up to
-/// `server.queue_wait_ms` (first come, first served); refused while shutting down.
-async fn acquire_slot(state: &AppState) -> Result<OwnedSemaphorePermit, Rejection> {
-    let permit = match state.in_flight.clone().try_acquire_owned() {
-        Ok(permit) => permit,
-        Err(TryAcquireError::Closed) => return Err(Rejection::ShuttingDown),
-        Err(TryAcquireError::NoPermits) if state.queue_wait.is_zero() => {
-            return Err(Rejection::Overloaded);
-        }
-        Err(TryAcquireError::NoPermits) => {
-            let wait = state.in_flight.clone().acquire_owned();
-            match tokio::time::timeout(state.queue_wait, wait).await {
-                Ok(Ok(permit)) => permit,
-                Ok(Err(_closed)) => return Err(Rejection::ShuttingDown),
-                Err(_elapsed) => return Err(Rejection::Overloaded),
-            }
-        }
-    };
-    if state.draining.load(Ordering::SeqCst) {
-        return Err(Rejection::ShuttingDown);
-    }
-    Ok(permit)
-}
-
 /// DingTalk's signature headers. Looked up by a prebuilt name: a `&str` that is not a
 /// standard header name is converted (and allocated) on every lookup.
 static TIMESTAMP: HeaderName = HeaderName::from_static("timestamp");
@@ -154,12 +119,11 @@ async fn handle(
     verified: Verified,
 ) -> Result<(HttpResponse, Outcome), Rejection> {
     telemetry::clock_skew(verified.skew_ms);
-    let sign = single_header(req, &SIGN);
-
+    let pipeline = &state.pipeline;
     // A slot, held until the reply is sent (bounds memory and outstanding work).
-    let permit = acquire_slot(state).await?;
+    let slot = pipeline.slot().await?;
 
-    // 2. Body: declared size, media type, then read with a hard cap.
+    // Body: declared size, media type, then read with a hard cap.
     let limit = state.body_limit;
     if let Some(len) = req
         .headers()
@@ -191,7 +155,7 @@ async fn handle(
         body.extend_from_slice(&chunk);
     }
 
-    // 3. Parse and validate.
+    // Parse and validate.
     let message: RobotMessage = serde_json::from_slice(&body).map_err(|e| {
         Rejection::BadJson(match e.classify() {
             serde_json::error::Category::Io | serde_json::error::Category::Eof => {
@@ -207,65 +171,31 @@ async fn handle(
             }
         })
     })?;
-    let cb = message.validate().map_err(Rejection::Invalid)?;
-    let webhook = state
-        .webhooks
-        .check(&cb.session_webhook, cb.session_webhook_expired_time, now)
-        .map_err(Rejection::Webhook)?;
+    let callback = message.validate().map_err(Rejection::Invalid)?;
 
-    // 4. Replay defence: a (timestamp, sign) pair carries at most N distinct messages.
-    let fingerprint = state.replay.hash((&cb.msg_id, &body[..]));
-    let replay_key = state.replay.hash((verified.timestamp_ms, sign));
-    // The pair stays acceptable until its timestamp leaves the window: remember it as long.
-    match state
-        .replay
-        .record(replay_key, fingerprint, now, verified.timestamp_ms)
-    {
-        Seen::New | Seen::Again => {}
-        Seen::Exhausted => return Err(Rejection::Replayed),
-        Seen::Full => return Err(Rejection::Overloaded),
-    }
-
-    // 5. Dedupe by msgId.
-    let msg_key = state.dedupe.hash(&cb.msg_id);
-    match state.dedupe.record(msg_key, 0, now, now) {
-        Seen::New => {}
-        Seen::Again | Seen::Exhausted => {
-            tracing::debug!("duplicate msgId; already handled");
-            return Ok((json_answer(r#"{"status":"duplicate"}"#), Outcome::Duplicate));
+    // The pipeline: admit, then respond and deliver in the background.
+    let signature = single_header(req, &SIGN).map(|sign| SignedPair {
+        timestamp_ms: verified.timestamp_ms,
+        sign,
+    });
+    match pipeline.admit(callback, signature, &body, now).await? {
+        Decision::Reply(job) => {
+            let outcome = match job.task {
+                crate::bot::Task::Answer => Outcome::Accepted,
+                crate::bot::Task::SlowDown { .. } => Outcome::RateLimited,
+            };
+            pipeline.dispatch(job, slot);
+            let body = match outcome {
+                Outcome::Accepted => "{}",
+                _ => r#"{"status":"rate_limited"}"#,
+            };
+            Ok((json_answer(body), outcome))
         }
-        Seen::Full => {
-            // Nothing of this request may stay recorded.
-            state.replay.forget(replay_key);
-            return Err(Rejection::Overloaded);
-        }
-    }
-
-    // 6. Per-group budget.
-    match state.limiter.check(&cb.conversation_id) {
-        Decision::Allow => {
-            spawn_reply(state, cb, webhook, permit, Reply::Command);
-            Ok((json_answer("{}"), Outcome::Accepted))
-        }
-        Decision::Limit {
-            notify,
-            retry_after_secs,
-        } => {
-            tracing::info!(notify, retry_after_secs, "group over its budget");
-            if notify {
-                spawn_reply(
-                    state,
-                    cb,
-                    webhook,
-                    permit,
-                    Reply::SlowDown(retry_after_secs),
-                );
-            }
-            Ok((
-                json_answer(r#"{"status":"rate_limited"}"#),
-                Outcome::RateLimited,
-            ))
-        }
+        Decision::Duplicate => Ok((json_answer(r#"{"status":"duplicate"}"#), Outcome::Duplicate)),
+        Decision::Limited => Ok((
+            json_answer(r#"{"status":"rate_limited"}"#),
+            Outcome::RateLimited,
+        )),
     }
 }
 
@@ -274,84 +204,4 @@ fn json_answer(body: &'static str) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(actix_web::http::header::ContentType::json())
         .body(body)
-}
-
-/// DingTalk's "send too fast, exceed 20 times per minute" errcode.
-const SEND_TOO_FAST: i64 = 130101;
-/// How long DingTalk throttles a robot after 130101 (protocol doc §3.5).
-const SEND_TOO_FAST_PENALTY: std::time::Duration = std::time::Duration::from_secs(600);
-
-/// What the background task sends.
-enum Reply {
-    /// Answer the command.
-    Command,
-    /// Tell the group to slow down.
-    SlowDown(u64),
-}
-
-fn spawn_reply(
-    state: &AppState,
-    cb: Callback,
-    webhook: hyper::Uri,
-    permit: OwnedSemaphorePermit,
-    reply: Reply,
-) {
-    let bot = state.bot.clone();
-    let client = state.client.clone();
-    let limiter = state.limiter.clone();
-    let inline_mention = state.inline_mention;
-    let task = async move {
-        let head = match reply {
-            // Boxed, like the send below: the task then stays a few hundred bytes instead
-            // of ~25 KB copied at every spawn.
-            Reply::Command => Box::pin(bot.respond(&cb)).await,
-            Reply::SlowDown(secs) => {
-                #[derive(serde::Serialize)]
-                struct SlowView {
-                    retry_after_secs: u64,
-                }
-                let rendered = bot.renderer().render(
-                    Template::SlowDown,
-                    &SlowView {
-                        retry_after_secs: secs,
-                    },
-                );
-                Arc::new(crate::bot::head(&rendered))
-            }
-        };
-        let mention = cb.sender_staff_id.as_deref();
-        let inline = match (inline_mention, mention) {
-            (true, Some(id)) => Some(format!("\n\n@{}", escape_markdown(id))),
-            _ => None,
-        };
-        let message = head.finish(inline.as_deref(), mention);
-        match Box::pin(client.send_to_webhook(&webhook, &message)).await {
-            Ok(()) => {
-                telemetry::reply("sent");
-                tracing::debug!("reply sent");
-            }
-            Err(e) => {
-                if let ApiError::DingTalk {
-                    errcode: SEND_TOO_FAST,
-                    ..
-                } = e
-                {
-                    telemetry::reply("throttled");
-                    limiter.throttle(&cb.conversation_id, SEND_TOO_FAST_PENALTY);
-                    tracing::warn!(
-                        "DingTalk throttled this group's replies (130101); silent for 10 minutes"
-                    );
-                } else {
-                    telemetry::reply("failed");
-                    tracing::warn!(error = %e, "reply could not be delivered");
-                }
-            }
-        }
-        drop(permit);
-    }
-    .instrument(tracing::Span::current());
-    // On this HTTP worker's own runtime: no wake-up of another thread per reply, and the
-    // pooled connection's I/O stays on the same thread. Shutdown drains these tasks before
-    // it stops the workers (`Application::run_until`).
-    state.tasks.spawn(task);
 }

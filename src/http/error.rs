@@ -6,7 +6,8 @@
 use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 
-use crate::dingtalk::{SignatureError, WebhookRefusal, inbound::InvalidCallback};
+use crate::dingtalk::{SignatureError, inbound::InvalidCallback};
+use crate::pipeline::Refusal;
 use crate::telemetry::Outcome;
 
 /// A refused callback.
@@ -15,9 +16,9 @@ pub enum Rejection {
     /// Signature headers missing, malformed or wrong.
     #[error("{0}")]
     Signature(SignatureError),
-    /// A (timestamp, sign) pair already used with a different message.
-    #[error("this signature was already used for another message")]
-    Replayed,
+    /// The pipeline did not take it (replay, webhook, overload, shutdown).
+    #[error("{0}")]
+    Refused(#[from] Refusal),
     /// Body larger than `server.body_limit_bytes`.
     #[error("body larger than {0} bytes")]
     TooLarge(usize),
@@ -30,28 +31,23 @@ pub enum Rejection {
     /// Body is JSON but misses what we need.
     #[error("{0}")]
     Invalid(InvalidCallback),
-    /// sessionWebhook not usable.
-    #[error("{0}")]
-    Webhook(WebhookRefusal),
-    /// Too many callbacks in flight, even after waiting `server.queue_wait_ms`.
-    #[error("too many callbacks in flight; try again")]
-    Overloaded,
-    /// dingbot is stopping and finishing the replies it already accepted.
-    #[error("dingbot is shutting down; try again")]
-    ShuttingDown,
 }
 
 impl Rejection {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            Rejection::Signature(_) | Rejection::Replayed => StatusCode::UNAUTHORIZED,
+            Rejection::Signature(_) | Rejection::Refused(Refusal::Replayed) => {
+                StatusCode::UNAUTHORIZED
+            }
             Rejection::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Rejection::BadJson(_) | Rejection::Invalid(_) | Rejection::Webhook(_) => {
-                StatusCode::BAD_REQUEST
+            Rejection::BadJson(_)
+            | Rejection::Invalid(_)
+            | Rejection::Refused(Refusal::Webhook(_)) => StatusCode::BAD_REQUEST,
+            Rejection::Refused(Refusal::Overloaded | Refusal::ShuttingDown) => {
+                StatusCode::SERVICE_UNAVAILABLE
             }
-            Rejection::Overloaded | Rejection::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -60,14 +56,14 @@ impl Rejection {
         match self {
             Rejection::Signature(SignatureError::Stale { .. }) => "stale_timestamp",
             Rejection::Signature(_) => "bad_signature",
-            Rejection::Replayed => "replayed",
+            Rejection::Refused(Refusal::Replayed) => "replayed",
             Rejection::TooLarge(_) => "too_large",
             Rejection::UnsupportedMediaType => "unsupported_media_type",
             Rejection::BadJson(_) => "bad_json",
             Rejection::Invalid(_) => "invalid_callback",
-            Rejection::Webhook(_) => "webhook_refused",
-            Rejection::Overloaded => "overloaded",
-            Rejection::ShuttingDown => "shutting_down",
+            Rejection::Refused(Refusal::Webhook(_)) => "webhook_refused",
+            Rejection::Refused(Refusal::Overloaded) => "overloaded",
+            Rejection::Refused(Refusal::ShuttingDown) => "shutting_down",
         }
     }
 
@@ -76,13 +72,13 @@ impl Rejection {
         match self {
             Rejection::Signature(SignatureError::Stale { .. }) => Outcome::StaleTimestamp,
             Rejection::Signature(_) => Outcome::BadSignature,
-            Rejection::Replayed => Outcome::Replayed,
+            Rejection::Refused(Refusal::Replayed) => Outcome::Replayed,
             Rejection::TooLarge(_) => Outcome::TooLarge,
             Rejection::UnsupportedMediaType | Rejection::BadJson(_) | Rejection::Invalid(_) => {
                 Outcome::BadRequest
             }
-            Rejection::Webhook(_) => Outcome::WebhookRefused,
-            Rejection::Overloaded | Rejection::ShuttingDown => Outcome::Shed,
+            Rejection::Refused(Refusal::Webhook(_)) => Outcome::WebhookRefused,
+            Rejection::Refused(Refusal::Overloaded | Refusal::ShuttingDown) => Outcome::Shed,
         }
     }
 
@@ -90,11 +86,11 @@ impl Rejection {
     pub fn response(&self) -> HttpResponse {
         let mut builder = HttpResponse::build(self.status());
         match self {
-            Rejection::Overloaded => {
+            Rejection::Refused(Refusal::Overloaded) => {
                 builder.insert_header(("Retry-After", "1"));
             }
             // Ask a proxy to reconnect: its next attempt reaches a process that is up.
-            Rejection::ShuttingDown => {
+            Rejection::Refused(Refusal::ShuttingDown) => {
                 builder.insert_header(("Retry-After", "1"));
                 builder.force_close();
             }

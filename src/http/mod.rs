@@ -3,10 +3,11 @@
 
 pub mod callback;
 pub mod error;
+pub mod state;
+
+pub use state::AppState;
 
 use actix_web::{HttpResponse, web};
-
-use crate::startup::AppState;
 
 /// Registers every route on an actix `App`.
 pub fn routes(callback_path: &str) -> impl FnOnce(&mut web::ServiceConfig) + '_ {
@@ -35,7 +36,7 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 /// Prometheus text format.
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     crate::telemetry::prometheus();
-    crate::telemetry::tracked_groups(state.limiter.tracked_groups());
+    crate::telemetry::tracked_groups(state.pipeline.remembered().groups);
     crate::telemetry::callbacks_in_flight(state.callbacks_in_flight());
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")

@@ -16,7 +16,7 @@ async fn reply_is_retried_after_a_server_error() {
         None => "direct",
         Some(_) => "reqwest",
     };
-    assert_eq!(app.state.client.reply_http().name(), expected);
+    assert_eq!(app.state.pipeline.sender().client_name(), expected);
     app.sandbox
         .inject(Endpoint::SendBySession, Fault::HttpStatus(502), 1);
     let out = app.group_text(BOUND, "/help");
@@ -99,7 +99,7 @@ async fn reply_that_was_slow_to_be_acknowledged_is_not_sent_twice() {
 async fn replies_through_reqwest_are_retried_and_never_doubled_too() {
     // The client `reply_client = "auto"` picks when HTTPS_PROXY or the like is set.
     let app = spawn_app_with(|c| c.reply_client = Some(ReplyClientChoice::Reqwest)).await;
-    assert_eq!(app.state.client.reply_http().name(), "reqwest");
+    assert_eq!(app.state.pipeline.sender().client_name(), "reqwest");
     app.sandbox
         .inject(Endpoint::SendBySession, Fault::HttpStatus(502), 1);
     let out = app.group_text(BOUND, "/info");

@@ -5,15 +5,15 @@ use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use actix_web::dev::ServerHandle;
 use actix_web::web::Data;
+use dingbot::clock::now_ms;
 use dingbot::config::{GroupBinding, Language, Settings};
 use dingbot::demo::{SignedCallback, sandbox_settings, unique_timestamp};
 use dingbot::dingtalk::ReplyClientChoice;
 use dingbot::dingtalk::signature::sign;
-use dingbot::http::callback::now_ms;
+use dingbot::http::AppState;
 use dingbot::sandbox::{Endpoint, Fault, Org, Sandbox, SentMessage};
-use dingbot::startup::{AppState, Application};
+use dingbot::startup::Application;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -108,8 +108,6 @@ pub struct TestApp {
     pub secret: String,
     /// Client for calls to dingbot.
     pub http: reqwest::Client,
-    /// Stops dingbot's HTTP server at once (no reply drain).
-    pub handle: ServerHandle,
     /// Cancelling it shuts dingbot down as SIGTERM does (graceful, replies drained).
     pub shutdown: CancellationToken,
     /// dingbot's shared state (dedupe cache, limiter, …).
@@ -122,8 +120,9 @@ pub struct TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        // Sends the stop command now; the future only waits for completion.
-        let _completion = self.handle.stop(false);
+        // Starts the graceful stop; the server task finishes it (or the test's runtime
+        // ends it).
+        self.shutdown.cancel();
         if self.data_dir.starts_with(std::env::temp_dir()) {
             let _ = std::fs::remove_dir_all(&self.data_dir);
         }
@@ -253,7 +252,6 @@ async fn launch(sandbox: Sandbox, org: Org, settings: &Settings) -> TestApp {
     }
     let app = Application::build(&settings).await.expect("dingbot starts");
     let port = app.port();
-    let handle = app.handle();
     let shutdown = app.shutdown_trigger();
     let state = app.state();
     let server = tokio::spawn(app.run_until_stopped());
@@ -266,7 +264,6 @@ async fn launch(sandbox: Sandbox, org: Org, settings: &Settings) -> TestApp {
             .timeout(Duration::from_secs(15))
             .build()
             .expect("reqwest client"),
-        handle,
         shutdown,
         state,
         server: Some(server),

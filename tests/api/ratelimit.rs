@@ -67,7 +67,7 @@ async fn each_group_gets_its_budget_and_one_notice() {
     }
     assert_eq!(total, 18);
     assert_eq!(app.sandbox.message_count(), 18);
-    assert_eq!(app.state.limiter.tracked_groups(), 3);
+    assert_eq!(app.state.pipeline.remembered().groups, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,8 +3,8 @@
 
 use std::future::Future;
 
+use dingbot::clock::now_ms;
 use dingbot::dingtalk::signature::sign;
-use dingbot::http::callback::now_ms;
 use dingbot::sandbox::Endpoint;
 use serde_json::json;
 
@@ -24,7 +24,7 @@ async fn assert_refused_without_trace(
     code: &str,
 ) -> Answer {
     let sends = app.sandbox.calls(Endpoint::SendBySession);
-    let groups = app.state.limiter.tracked_groups();
+    let groups = app.state.pipeline.remembered().groups;
     let answer = refused.await;
     answer.assert_refused(status, code);
     app.assert_no_reply(&out.session).await;
@@ -38,7 +38,7 @@ async fn assert_refused_without_trace(
         "a refused callback's msgId was recorded"
     );
     assert_eq!(
-        app.state.limiter.tracked_groups(),
+        app.state.pipeline.remembered().groups,
         groups,
         "a refused callback reached the rate limiter"
     );

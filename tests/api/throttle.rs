@@ -38,11 +38,11 @@ async fn replies_total(app: &TestApp, result: &str) -> f64 {
 /// `max` is the number of free slots of the idle app.
 async fn wait_replies_done(app: &TestApp, max: usize, within: Duration) {
     let deadline = Instant::now() + within;
-    while app.state.in_flight.available_permits() < max {
+    while app.state.pipeline.free_slots() < max {
         assert!(
             Instant::now() < deadline,
             "reply tasks still running after {within:?}: {} slots taken",
-            max - app.state.in_flight.available_permits()
+            max - app.state.pipeline.free_slots()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -51,7 +51,7 @@ async fn wait_replies_done(app: &TestApp, max: usize, within: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_too_fast_silences_that_group_only() {
     let app = spawn_app().await;
-    let idle = app.state.in_flight.available_permits();
+    let idle = app.state.pipeline.free_slots();
     let throttled_before = replies_total(&app, "throttled").await;
     app.sandbox.inject(
         Endpoint::SendBySession,
@@ -117,7 +117,7 @@ async fn reply_that_times_out_is_not_resent() {
         c.learn_fixture_group = false;
     })
     .await;
-    let idle = app.state.in_flight.available_permits();
+    let idle = app.state.pipeline.free_slots();
     let failed_before = replies_total(&app, "failed").await;
     let delay = Duration::from_millis(1500);
     app.sandbox
@@ -167,7 +167,7 @@ async fn reply_that_times_out_is_not_resent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_server_errors_are_retried_a_bounded_number_of_times_then_counted() {
     let app = spawn_app_with(|c| c.learn_fixture_group = false).await;
-    let idle = app.state.in_flight.available_permits();
+    let idle = app.state.pipeline.free_slots();
     let attempts = u64::from(RetryPolicy::default().attempts);
     let failed_before = replies_total(&app, "failed").await;
     // The webhook answers 503 to everything until the faults are cleared.

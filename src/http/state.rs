@@ -1,0 +1,91 @@
+//! What the HTTP door shares between requests.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::dingtalk::{DingTalkClient, Verifier};
+use crate::pipeline::Pipeline;
+
+/// How long a failed readiness check is reused before trying DingTalk again.
+const READINESS_RETRY: Duration = Duration::from_secs(10);
+
+/// State shared by every request.
+pub struct AppState {
+    /// Checks callback signatures (holds the signing key).
+    pub verifier: Verifier,
+    /// Where verified callbacks go.
+    pub pipeline: Arc<Pipeline>,
+    /// The API client, for readiness (can a token be had?).
+    pub client: Arc<DingTalkClient>,
+    /// `server.body_limit_bytes`.
+    pub body_limit: usize,
+    /// Last failed readiness check, reused for a while so probes do not hammer DingTalk.
+    readiness_failure: std::sync::Mutex<Option<(Instant, String)>>,
+    /// Source of request ids for logs.
+    request_ids: AtomicU64,
+}
+
+impl AppState {
+    /// The door's state around `pipeline`.
+    pub fn new(
+        verifier: Verifier,
+        pipeline: Arc<Pipeline>,
+        client: Arc<DingTalkClient>,
+        body_limit: usize,
+    ) -> AppState {
+        AppState {
+            verifier,
+            pipeline,
+            client,
+            body_limit,
+            readiness_failure: std::sync::Mutex::new(None),
+            request_ids: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a callback with this msgId was accepted within the window.
+    pub fn handled_msg_id(&self, msg_id: &str) -> bool {
+        self.pipeline.handled(msg_id)
+    }
+
+    /// Callbacks holding an in-flight slot: accepted, reply not yet out.
+    pub fn callbacks_in_flight(&self) -> usize {
+        self.pipeline.callbacks_in_flight()
+    }
+
+    /// A new request id.
+    pub fn next_request_id(&self) -> u64 {
+        self.request_ids.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Ok when an access token can be had; the reason otherwise.
+    pub async fn readiness(&self) -> Result<(), String> {
+        let remembered = |state: &AppState| {
+            state
+                .readiness_failure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        };
+        if let Some((at, reason)) = remembered(self)
+            && at.elapsed() < READINESS_RETRY
+        {
+            return Err(reason);
+        }
+        let result = self
+            .client
+            .access_token()
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("cannot get a DingTalk access token: {e}"));
+        *self
+            .readiness_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = result
+            .as_ref()
+            .err()
+            .map(|reason| (Instant::now(), reason.clone()));
+        result
+    }
+}
