@@ -607,6 +607,91 @@ check(all(found.values()), f"callback path {cb} is the same in nginx, Caddy, Ing
       ("" if all(found.values()) else f" (missing in {[f for f, v in found.items() if not v]})"))
 PY
 
+# ---------------------------------------------------------------- Kubernetes Secret: README vs manifests
+# The Secret the README tells to create (its `kubectl create secret generic` commands, also the
+# one in secret.example.yaml's comment and the example's own name/keys) must have the name,
+# namespace and keys that the manifests' secretKeyRefs read: a mismatch leaves the pod in
+# CreateContainerConfigError forever.
+pycheck "$ROOT/README.md" "$DEPLOY/k8s" <<'PY'
+import sys, os, re, glob, shlex, yaml
+readme, d = sys.argv[1], sys.argv[2]
+def check(cond, msg): print(("ok: " if cond else "FAIL: ") + msg)
+def commands(text):
+    """Every `kubectl ... create secret generic ...` command in text, continuation lines
+    joined, leading comment marks dropped, cut at the end of the command."""
+    text = re.sub(r"\\\n\s*#?\s*", " ", text)
+    out = []
+    for m in re.finditer(r"kubectl\b[^\n`]*?\bcreate\s+secret\s+generic\b[^\n`]*", text):
+        cmd = m.group(0).split(" && ")[0].split(";")[0].split("|")[0]
+        try:
+            argv = shlex.split(cmd)
+        except ValueError:
+            argv = cmd.split()
+        ns, name, keys = None, None, set()
+        i = 0
+        while i < len(argv):
+            a = argv[i]
+            if a in ("-n", "--namespace") and i + 1 < len(argv):
+                ns = argv[i + 1]; i += 2; continue
+            if a.startswith("--namespace="):
+                ns = a.split("=", 1)[1]
+            elif a == "generic" and i + 1 < len(argv) and name is None:
+                name = argv[i + 1]; i += 2; continue
+            elif a.startswith(("--from-literal=", "--from-file=")):
+                v = a.split("=", 1)[1]
+                keys.add(v.split("=", 1)[0] if "=" in v or a.startswith("--from-literal=") else os.path.basename(v))
+            i += 1
+        out.append((ns, name, frozenset(keys), cmd.strip()))
+    return out
+# What the manifests read: every secretKeyRef (env) and secret volume item in the kustomization.
+kz = yaml.safe_load(open(os.path.join(d, "kustomization.yaml"), encoding="utf-8"))
+applied = [os.path.join(d, r) for r in kz.get("resources", [])]
+default_ns = kz.get("namespace")
+refs = {}   # (namespace, secret name) -> keys
+def walk(x, ns):
+    if isinstance(x, dict):
+        skr = x.get("secretKeyRef")
+        if isinstance(skr, dict) and skr.get("name") and skr.get("key") and not skr.get("optional"):
+            refs.setdefault((ns, skr["name"]), set()).add(skr["key"])
+        sec = x.get("secret")
+        if isinstance(sec, dict) and sec.get("secretName"):
+            refs.setdefault((ns, sec["secretName"]), set()).update(i["key"] for i in sec.get("items", []) if "key" in i)
+        for v in x.values(): walk(v, ns)
+    elif isinstance(x, list):
+        for v in x: walk(v, ns)
+for f in applied:
+    for doc in yaml.safe_load_all(open(f, encoding="utf-8")):
+        if isinstance(doc, dict) and doc.get("kind") != "Ingress":   # Ingress TLS secrets are not ours to create
+            walk(doc.get("spec", {}), default_ns or doc.get("metadata", {}).get("namespace"))
+check(bool(refs), f"k8s: the applied manifests read a Secret via secretKeyRef ({sorted((n, sorted(k)) for (_, n), k in refs.items())})")
+def compare(label, cmds):
+    if not cmds:
+        check(False, f"{label}: no `kubectl create secret generic` command found")
+        return
+    for ns, name, keys, cmd in cmds:
+        want = set().union(*(ks for (_, rn), ks in refs.items() if rn == name))
+        rns = {rns for (rns, rn) in refs if rn == name}
+        problems = []
+        if not want:
+            problems.append(f"creates Secret {name!r}, the manifests read {sorted({n for _, n in refs})}")
+        else:
+            if want - keys: problems.append(f"keys {sorted(want - keys)} are read by the manifests but not created")
+            if keys - want: problems.append(f"keys {sorted(keys - want)} are created but not read")
+            if (ns or "default") not in rns: problems.append(f"namespace {ns or '(none: default)'!r}, the manifests use {sorted(rns)}")
+        check(not problems, f"{label}: `{cmd}` matches the manifests' secretKeyRefs (name {name!r}, keys {sorted(keys)})"
+              + (": " + "; ".join(problems) if problems else ""))
+compare("README", commands(open(readme, encoding="utf-8").read()))
+ex = os.path.join(d, "secret.example.yaml")
+ex_text = open(ex, encoding="utf-8").read()
+compare("secret.example.yaml comment", commands(ex_text))
+for doc in yaml.safe_load_all(ex_text):
+    if isinstance(doc, dict) and doc.get("kind") == "Secret":
+        name = doc.get("metadata", {}).get("name")
+        keys = set(doc.get("stringData", {})) | set(doc.get("data", {}) or {})
+        want = set().union(*(ks for (_, rn), ks in refs.items() if rn == name))
+        check(bool(want) and keys == want, f"secret.example.yaml: Secret {name!r} keys {sorted(keys)} equal the secretKeyRefs' {sorted(want)}")
+PY
+
 echo
 if [[ $FAILS -eq 0 ]]; then
   echo "check-deploy: all checks passed"
