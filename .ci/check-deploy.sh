@@ -84,9 +84,28 @@ for f in Dockerfile Dockerfile.dockerignore dingbot.example.toml systemd/dingbot
   [[ -f "$DEPLOY/$f" ]] || fail "missing deploy/$f"
 done
 
+# ---------------------------------------------------------------- dingbot's built-in defaults
+# The proxies' body limits must equal dingbot's own default server.body_limit_bytes, read from
+# defaults() in src/config.rs (the source of truth), not from a copy of it here.
+BODY_LIMIT="$("$PY" - "$ROOT/src/config.rs" <<'PY'
+import re, sys
+src = open(sys.argv[1], encoding="utf-8").read()
+m = re.search(r"fn defaults\(\)(.*?)\n}\n", src, re.S)
+v = re.search(r'"body_limit_bytes"\s*:\s*([0-9_]+)', m.group(1)) if m else None
+print(int(v.group(1).replace("_", "")) if v else "")
+PY
+)" || BODY_LIMIT=""
+if [[ $BODY_LIMIT =~ ^[0-9]+$ ]]; then
+  ok "src/config.rs: default server.body_limit_bytes is $BODY_LIMIT"
+else
+  fail "src/config.rs: cannot read the default server.body_limit_bytes from defaults()"
+  BODY_LIMIT=65536
+fi
+export BODY_LIMIT
+
 # ---------------------------------------------------------------- example TOML
 pycheck "$DEPLOY/dingbot.example.toml" <<'PY'
-import sys, tomllib, re
+import sys, os, tomllib, re, ipaddress
 path = sys.argv[1]
 def check(cond, msg): print(("ok: " if cond else "FAIL: ") + msg)
 try:
@@ -97,9 +116,12 @@ except Exception as e:
     check(False, f"dingbot.example.toml does not parse: {e}")
     sys.exit(0)
 # The contract: every key, with its default (None = no default to compare).
+# server.listen is the one deliberate exception: the example binds to loopback (the
+# built-in default is 0.0.0.0:8080), checked on its own below.
 contract = {
-    "server": {"listen": "0.0.0.0:8080", "callback_path": "/dingtalk/callback",
-               "body_limit_bytes": 65536, "max_in_flight": 1024, "shutdown_grace_secs": 10},
+    "server": {"listen": None, "callback_path": "/dingtalk/callback",
+               "body_limit_bytes": int(os.environ["BODY_LIMIT"]), "max_in_flight": 1024,
+               "shutdown_grace_secs": 10},
     "dingtalk": {"app_key": None, "app_secret": None, "oapi_base": "https://oapi.dingtalk.com",
                  "api_base": "https://api.dingtalk.com", "max_clock_skew_secs": 3600,
                  "extra_webhook_hosts": [], "request_timeout_ms": 5000},
@@ -123,6 +145,14 @@ else:
             missing.append(f"groups[].{k}")
 check(not missing, "example TOML has every contract key" + (f" (missing: {', '.join(missing)})" if missing else ""))
 check(not wrong, "example TOML shows the default values" + (f" (differs: {'; '.join(wrong)})" if wrong else ""))
+def loopback(addr):
+    host = str(addr).rsplit(":", 1)[0].strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+listen = doc.get("server", {}).get("listen", "")
+check(loopback(listen), f"example TOML listens on loopback only, behind the proxy ({listen!r})")
 secret = doc.get("dingtalk", {}).get("app_secret", "x")
 check(isinstance(secret, str) and (secret == "" or "REPLACE" in secret.upper()),
       "example TOML app_secret is an empty placeholder")
@@ -186,6 +216,18 @@ u = users[-1].split(":")[0] if users else ""
 check(bool(users) and u not in ("root", "0", ""), f"final stage sets a non-root USER ({users[-1] if users else 'none'})")
 check(u == "10001", "final stage USER is uid 10001 (matches k8s runAsUser)")
 check(any(op == "EXPOSE" and "8080" in a.split() for op, a in final), "final stage EXPOSEs 8080")
+# Inside a container 127.0.0.1 is the container's own: published ports and probes arrive on
+# its interface. The image sets a non-loopback listen (winning over the mounted TOML, whose
+# example binds to loopback for hosts with the proxy alongside).
+envs = {}
+for op, a in final:
+    if op == "ENV":
+        for kv in re.findall(r'(\w+)=("[^"]*"|\S+)', a):
+            envs[kv[0]] = kv[1].strip('"')
+il = envs.get("DINGBOT_SERVER__LISTEN", "")
+ih, _, ip = il.rpartition(":")
+check(ih.strip("[]") in ("0.0.0.0", "::") and any(op == "EXPOSE" and ip in a.split() for op, a in final),
+      f"final stage sets ENV DINGBOT_SERVER__LISTEN to all interfaces on the EXPOSEd port ({il!r})")
 ep = [a for op, a in final if op == "ENTRYPOINT"]
 try:
     epv = json.loads(ep[-1]) if ep else None
@@ -245,12 +287,19 @@ else
   fail "nginx/openssl not available"
 fi
 pycheck "$DEPLOY/nginx/dingbot.conf" "$DEPLOY/dingbot.example.toml" <<'PY'
-import sys, re, tomllib
+import sys, os, re, tomllib
 conf, toml = sys.argv[1], sys.argv[2]
 def check(cond, msg): print(("ok: " if cond else "FAIL: ") + msg)
 cfg = tomllib.load(open(toml, "rb"))
 cb = cfg["server"]["callback_path"]
-port = cfg["server"]["listen"].rsplit(":", 1)[1]
+listen = cfg["server"]["listen"]
+limit = int(os.environ["BODY_LIMIT"])
+def size(v):
+    m = re.fullmatch(r"(\d+)([kKmMgG]?)", v or "")
+    return int(m.group(1)) * {"": 1, "k": 1024, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()] if m else None
+def secs(v):
+    m = re.fullmatch(r"(\d+)(ms|s|m)?", v or "")
+    return int(m.group(1)) / {"ms": 1000, "s": 1, None: 1, "m": 1 / 60}[m.group(2)] if m else None
 text = "\n".join(l.split("#", 1)[0] for l in open(conf, encoding="utf-8").read().splitlines())
 # Tiny block parser: tokens are '{', '}', and ';'-terminated statements.
 tokens = re.findall(r"[{};]|[^{};]+", text)
@@ -297,8 +346,8 @@ srv = tls[0] if tls else []
 ups = {h[1]: b for h, b in find(tree, "upstream")}
 target = proxied[0][1] if proxied else ""
 up_servers = [d[1] for d, _ in (ups.get(target.replace("http://", ""), []) or []) if d and d[0] == "server"]
-check(f"127.0.0.1:{port}" in (up_servers or [target.replace("http://", "")]),
-      f"nginx: upstream is 127.0.0.1:{port}")
+check((up_servers or [target.replace("http://", "")]) == [listen],
+      f"nginx: upstream is the example config's loopback listen {listen} ({up_servers})")
 locs = {tuple(h[1:]): b for h, b in find(srv, "location")}
 cbloc = locs.get(("=", cb), [])
 flat = lambda b: [d for d, _ in b if d] + [d for _, sub in b if sub for d, __ in sub if d]
@@ -314,7 +363,17 @@ check(any(d[0] == "proxy_read_timeout" for d in cbdirs) and any(d[0] == "proxy_c
       "nginx: proxy timeouts set")
 sdirs = [d for d, _ in srv if d]
 body = [d[1] for d in sdirs + cbdirs if d[0] == "client_max_body_size"]
-check(body and all(b.lower() in ("64k", "65536") for b in body), "nginx: client_max_body_size 64k")
+check(body and all(size(b) == limit for b in body),
+      f"nginx: client_max_body_size equals dingbot's default body_limit_bytes {limit} ({body})")
+buf = [d[1] for d in sdirs + cbdirs if d[0] == "client_body_buffer_size"]
+check(buf and all((size(b) or 0) >= limit for b in buf),
+      f"nginx: client_body_buffer_size >= {limit}: callback bodies stay in memory ({buf})")
+for t in ("client_header_timeout", "client_body_timeout"):
+    v = [d[1] for d in sdirs + cbdirs if d[0] == t]
+    check(v and all(0 < (secs(x) or 0) <= 60 for x in v), f"nginx: {t} set, at most 60 s ({v})")
+rb = [d[1] for d in directives(tree) if d[0] == "proxy_request_buffering"]
+check(any(d[:2] == ["proxy_request_buffering", "on"] for d in cbdirs) and rb and all(x == "on" for x in rb),
+      f"nginx: proxy_request_buffering on in the callback location, off nowhere ({rb})")
 protos = [d[1:] for d in sdirs if d[0] == "ssl_protocols"]
 check(bool(protos) and all(set(p) <= {"TLSv1.2", "TLSv1.3"} for p in protos), "nginx: ssl_protocols TLSv1.2/1.3 only")
 certs = [d[1] for d in sdirs if d[0] in ("ssl_certificate", "ssl_certificate_key")]
@@ -360,7 +419,7 @@ else
   fail "systemd-analyze not found at /usr/bin/systemd-analyze"
 fi
 pycheck "$UNIT" "$DEPLOY/dingbot.example.toml" <<'PY'
-import sys, re, tomllib
+import sys, re, tomllib, ipaddress
 unit, toml = sys.argv[1], sys.argv[2]
 def check(cond, msg): print(("ok: " if cond else "FAIL: ") + msg)
 kv = {}
@@ -390,6 +449,16 @@ grace = tomllib.load(open(toml, "rb"))["server"]["shutdown_grace_secs"]
 ts = secs(kv.get("TimeoutStopSec", ["0"])[-1])
 check(ts is not None and ts > grace, f"systemd: TimeoutStopSec ({ts}s) > shutdown_grace_secs ({grace}s)")
 check(not any("SECRET" in v.upper() for v in kv.get("Environment", [])), "systemd: no secret in Environment=")
+envs = dict(e.split("=", 1) for v in kv.get("Environment", []) for e in v.split() if "=" in e)
+sl = envs.get("DINGBOT_SERVER__LISTEN", "")
+want_listen = tomllib.load(open(toml, "rb"))["server"]["listen"]
+host = sl.rsplit(":", 1)[0].strip("[]")
+try:
+    lo = ipaddress.ip_address(host).is_loopback
+except ValueError:
+    lo = False
+check(lo and sl == want_listen,
+      f"systemd: Environment=DINGBOT_SERVER__LISTEN is loopback and equals the example config's listen ({sl!r} vs {want_listen!r})")
 text = open(unit, encoding="utf-8").read()
 check(bool(re.search(r"systemd-analyze security.*\n.*measured \d+\.\d+", text)), "systemd: measured security score noted in a comment")
 PY
@@ -416,39 +485,66 @@ if command -v caddy >/dev/null 2>&1; then
   if (cd "$CADDY" && HOME="$CADDY" timeout 30 caddy adapt --adapter caddyfile \
     --config "$DEPLOY/caddy/Caddyfile") >"$CADDY/caddy.json" 2>"$CADDY/adapt.err"; then
     pycheck "$CADDY/caddy.json" "$DEPLOY/dingbot.example.toml" <<'PY'
-import sys, json, tomllib
+import sys, os, re, json, tomllib
 cfg = json.load(open(sys.argv[1]))
 toml = tomllib.load(open(sys.argv[2], "rb"))
 cb = toml["server"]["callback_path"]
-port = toml["server"]["listen"].rsplit(":", 1)[1]
+listen = toml["server"]["listen"]
+limit = int(os.environ["BODY_LIMIT"])
 def check(cond, msg): print(("ok: " if cond else "FAIL: ") + msg)
 servers = cfg.get("apps", {}).get("http", {}).get("servers", {})
-proxies, bodies, responds = [], [], []
-def walk(routes, paths, methods):
+# proxies: (paths, methods, handler, request_body max_sizes applied before it on its route)
+proxies, bodies, responds, too_large = [], [], [], []
+def walk(routes, paths, methods, limits):
     for r in routes or []:
-        p, m = list(paths), list(methods)
+        p, m, lim = list(paths), list(methods), list(limits)
         for mt in r.get("match", []):
             if "path" in mt: p.append(tuple(mt["path"]))
             if "method" in mt: m.append(tuple(mt["method"]))
         for h in r.get("handle", []):
             kind = h.get("handler")
-            if kind == "subroute": walk(h.get("routes"), p, m)
-            elif kind == "reverse_proxy": proxies.append((p, m, h))
-            elif kind == "request_body": bodies.append(h.get("max_size"))
-            elif kind == "static_response": responds.append((p, m, h.get("status_code")))
+            if kind == "subroute": walk(h.get("routes"), p, m, lim)
+            elif kind == "reverse_proxy": proxies.append((p, m, h, list(lim)))
+            elif kind == "request_body": bodies.append(h.get("max_size")); lim.append(h.get("max_size"))
+            elif kind == "static_response":
+                responds.append((p, m, h.get("status_code")))
+        if any("header_regexp" in mt for mt in r.get("match", [])):
+            for mt in r["match"]:
+                pat = mt.get("header_regexp", {}).get("Content-Length", {}).get("pattern")
+                codes = [x.get("status_code") for h in r.get("handle", []) for x in
+                         ([h] + [y for sr in h.get("routes", []) for y in sr.get("handle", [])])]
+                if pat and 413 in [int(c) for c in codes if c is not None]:
+                    too_large.append((tuple(mt.get("path", [])), pat))
 for s in servers.values():
-    walk(s.get("routes"), [], [])
+    walk(s.get("routes"), [], [], [])
 check(len(proxies) == 1, f"caddy: exactly one reverse_proxy ({len(proxies)})")
-ok_paths = all(p and all(x == (cb,) for x in p) for p, _, _ in proxies)
+ok_paths = all(p and all(x == (cb,) for x in p) for p, _, _, _ in proxies)
 check(ok_paths, f"caddy: reverse_proxy only under path {cb}")
-check(all(m and all(x == ("POST",) for x in m) for _, m, _ in proxies), "caddy: reverse_proxy only for POST")
-ups = [u.get("dial") for _, _, h in proxies for u in h.get("upstreams", [])]
-check(ups == [f"127.0.0.1:{port}"], f"caddy: upstream 127.0.0.1:{port} ({ups})")
-check(bodies and all(b is not None and b <= 65536 for b in bodies), f"caddy: request_body max_size <= 64 KiB ({bodies})")
+check(all(m and all(x == ("POST",) for x in m) for _, m, _, _ in proxies), "caddy: reverse_proxy only for POST")
+ups = [u.get("dial") for _, _, h, _ in proxies for u in h.get("upstreams", [])]
+check(ups == [listen], f"caddy: upstream is the example config's loopback listen {listen} ({ups})")
+lims = [l for _, _, _, l in proxies]
+check(bool(lims) and all(l and l[-1] == limit for l in lims),
+      f"caddy: request_body max_size on the callback route equals dingbot's default body_limit_bytes {limit} ({lims})")
+# A declared Content-Length above the limit gets 413 before the proxy (Caddy 2.6 would
+# answer the cut-off body with 502). Test the matcher's pattern at the boundary.
+probes_ok = [str(limit + 1), str(limit + 463), str(10 * limit), "99999999"]
+probes_no = ["0", "1", str(limit - 1), str(limit), str(limit // 10)]
+good = [pat for path, pat in too_large if path == (cb,)
+        and all(re.search(pat, x) for x in probes_ok) and not any(re.search(pat, x) for x in probes_no)]
+check(len(good) == 1 and len(too_large) == 1,
+      f"caddy: 413 for a Content-Length above {limit} on {cb}, not at or below it ({len(too_large)} matcher(s), {len(good)} right)")
+buffered = [h.get("buffer_requests") is True or (h.get("request_buffers") or 0) > 0 for _, _, h, _ in proxies]
+check(bool(buffered) and all(buffered),
+      "caddy: reverse_proxy buffers the request body before it reaches dingbot (buffer_requests / request_buffers)")
+for name, sv in servers.items():
+    rt, rht = sv.get("read_timeout", 0), sv.get("read_header_timeout", 0)
+    check(0 < rt <= 60e9 and 0 < rht <= 60e9,
+          f"caddy: server {name} has timeouts read_body ({rt / 1e9:g} s) and read_header ({rht / 1e9:g} s), each at most 60 s")
 check(any(not p and not m and str(c) == "404" for p, m, c in responds), "caddy: everything else responds 404")
 raw = json.dumps(cfg)
 check("metrics" not in raw and "healthz" not in raw and "readyz" not in raw, "caddy: /metrics, /healthz, /readyz not exposed")
-hdr = [h.get("headers", {}).get("request", {}) for _, _, h in proxies]
+hdr = [h.get("headers", {}).get("request", {}) for _, _, h, _ in proxies]
 check(all("X-Real-Ip" in x.get("set", {}) for x in hdr), "caddy: sets X-Real-IP (X-Forwarded-For is set by Caddy itself)")
 check(not any(k.lower() in ("timestamp", "sign") for x in hdr for op in x.values() if isinstance(op, (dict, list)) for k in op),
       "caddy: DingTalk timestamp/sign headers passed through untouched")
@@ -504,7 +600,18 @@ except Exception as e:
 srv = conf.get("server", {})
 cb = srv.get("callback_path", "/dingtalk/callback")
 grace = srv.get("shutdown_grace_secs", 10)
-port = int(srv.get("listen", "0.0.0.0:8080").rsplit(":", 1)[1])
+# The pod's listen address: the Deployment's DINGBOT_SERVER__LISTEN wins over the ConfigMap.
+dep_env = {e.get("name"): e.get("value") for x in by_kind.get("Deployment", [])
+           for c in x.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
+           for e in c.get("env", [])}
+env_listen = dep_env.get("DINGBOT_SERVER__LISTEN")
+listen = env_listen or srv.get("listen", "0.0.0.0:8080")
+lhost, _, lport = str(listen).rpartition(":")
+port = int(lport)
+check(env_listen is not None and lhost.strip("[]") in ("0.0.0.0", "::"),
+      f"k8s: Deployment sets DINGBOT_SERVER__LISTEN to all interfaces: probes and the Service reach the pod IP ({env_listen!r})")
+check(srv.get("listen") in (None, env_listen),
+      f"k8s: ConfigMap [server].listen agrees with the Deployment's DINGBOT_SERVER__LISTEN ({srv.get('listen')!r})")
 check("app_secret" not in conf.get("dingtalk", {}), "k8s: ConfigMap holds no app_secret")
 check(bool(conf.get("dingtalk", {}).get("app_key")), "k8s: ConfigMap sets dingtalk.app_key")
 
@@ -584,8 +691,10 @@ check(all(b.get("name") == sname and (b.get("port", {}).get("name") in [p.get("n
       or b.get("port", {}).get("number") in [p.get("port") for p in sports]) for b in backs), "k8s: Ingress backend is the Service")
 itext = yaml.safe_dump(ing)
 check(all(s not in itext for s in ("metrics", "healthz", "readyz")), "k8s: Ingress does not expose /metrics, /healthz, /readyz")
-check(str(ing.get("metadata", {}).get("annotations", {}).get("nginx.ingress.kubernetes.io/proxy-body-size")).lower() in ("64k", "65536"),
-      "k8s: Ingress proxy-body-size 64k")
+limit = int(os.environ["BODY_LIMIT"])
+pbs = str(ing.get("metadata", {}).get("annotations", {}).get("nginx.ingress.kubernetes.io/proxy-body-size")).lower()
+check(pbs in (str(limit), f"{limit // 1024}k" if limit % 1024 == 0 else str(limit)),
+      f"k8s: Ingress proxy-body-size equals dingbot's default body_limit_bytes {limit} ({pbs})")
 
 ns = by_kind.get("Namespace", [])
 names = {x.get("metadata", {}).get("namespace") for xs in by_kind.values() for x in xs if x["kind"] not in ("Namespace", "Kustomization")}
@@ -605,6 +714,91 @@ found = {f: cb in open(os.path.join(d, f), encoding="utf-8").read()
          for f in ("nginx/dingbot.conf", "caddy/Caddyfile", "k8s/ingress.yaml", "k8s/configmap.yaml")}
 check(all(found.values()), f"callback path {cb} is the same in nginx, Caddy, Ingress and ConfigMap" +
       ("" if all(found.values()) else f" (missing in {[f for f, v in found.items() if not v]})"))
+PY
+
+# ---------------------------------------------------------------- Kubernetes Secret: README vs manifests
+# The Secret the README tells to create (its `kubectl create secret generic` commands, also the
+# one in secret.example.yaml's comment and the example's own name/keys) must have the name,
+# namespace and keys that the manifests' secretKeyRefs read: a mismatch leaves the pod in
+# CreateContainerConfigError forever.
+pycheck "$ROOT/README.md" "$DEPLOY/k8s" <<'PY'
+import sys, os, re, glob, shlex, yaml
+readme, d = sys.argv[1], sys.argv[2]
+def check(cond, msg): print(("ok: " if cond else "FAIL: ") + msg)
+def commands(text):
+    """Every `kubectl ... create secret generic ...` command in text, continuation lines
+    joined, leading comment marks dropped, cut at the end of the command."""
+    text = re.sub(r"\\\n\s*#?\s*", " ", text)
+    out = []
+    for m in re.finditer(r"kubectl\b[^\n`]*?\bcreate\s+secret\s+generic\b[^\n`]*", text):
+        cmd = m.group(0).split(" && ")[0].split(";")[0].split("|")[0]
+        try:
+            argv = shlex.split(cmd)
+        except ValueError:
+            argv = cmd.split()
+        ns, name, keys = None, None, set()
+        i = 0
+        while i < len(argv):
+            a = argv[i]
+            if a in ("-n", "--namespace") and i + 1 < len(argv):
+                ns = argv[i + 1]; i += 2; continue
+            if a.startswith("--namespace="):
+                ns = a.split("=", 1)[1]
+            elif a == "generic" and i + 1 < len(argv) and name is None:
+                name = argv[i + 1]; i += 2; continue
+            elif a.startswith(("--from-literal=", "--from-file=")):
+                v = a.split("=", 1)[1]
+                keys.add(v.split("=", 1)[0] if "=" in v or a.startswith("--from-literal=") else os.path.basename(v))
+            i += 1
+        out.append((ns, name, frozenset(keys), cmd.strip()))
+    return out
+# What the manifests read: every secretKeyRef (env) and secret volume item in the kustomization.
+kz = yaml.safe_load(open(os.path.join(d, "kustomization.yaml"), encoding="utf-8"))
+applied = [os.path.join(d, r) for r in kz.get("resources", [])]
+default_ns = kz.get("namespace")
+refs = {}   # (namespace, secret name) -> keys
+def walk(x, ns):
+    if isinstance(x, dict):
+        skr = x.get("secretKeyRef")
+        if isinstance(skr, dict) and skr.get("name") and skr.get("key") and not skr.get("optional"):
+            refs.setdefault((ns, skr["name"]), set()).add(skr["key"])
+        sec = x.get("secret")
+        if isinstance(sec, dict) and sec.get("secretName"):
+            refs.setdefault((ns, sec["secretName"]), set()).update(i["key"] for i in sec.get("items", []) if "key" in i)
+        for v in x.values(): walk(v, ns)
+    elif isinstance(x, list):
+        for v in x: walk(v, ns)
+for f in applied:
+    for doc in yaml.safe_load_all(open(f, encoding="utf-8")):
+        if isinstance(doc, dict) and doc.get("kind") != "Ingress":   # Ingress TLS secrets are not ours to create
+            walk(doc.get("spec", {}), default_ns or doc.get("metadata", {}).get("namespace"))
+check(bool(refs), f"k8s: the applied manifests read a Secret via secretKeyRef ({sorted((n, sorted(k)) for (_, n), k in refs.items())})")
+def compare(label, cmds):
+    if not cmds:
+        check(False, f"{label}: no `kubectl create secret generic` command found")
+        return
+    for ns, name, keys, cmd in cmds:
+        want = set().union(*(ks for (_, rn), ks in refs.items() if rn == name))
+        rns = {rns for (rns, rn) in refs if rn == name}
+        problems = []
+        if not want:
+            problems.append(f"creates Secret {name!r}, the manifests read {sorted({n for _, n in refs})}")
+        else:
+            if want - keys: problems.append(f"keys {sorted(want - keys)} are read by the manifests but not created")
+            if keys - want: problems.append(f"keys {sorted(keys - want)} are created but not read")
+            if (ns or "default") not in rns: problems.append(f"namespace {ns or '(none: default)'!r}, the manifests use {sorted(rns)}")
+        check(not problems, f"{label}: `{cmd}` matches the manifests' secretKeyRefs (name {name!r}, keys {sorted(keys)})"
+              + (": " + "; ".join(problems) if problems else ""))
+compare("README", commands(open(readme, encoding="utf-8").read()))
+ex = os.path.join(d, "secret.example.yaml")
+ex_text = open(ex, encoding="utf-8").read()
+compare("secret.example.yaml comment", commands(ex_text))
+for doc in yaml.safe_load_all(ex_text):
+    if isinstance(doc, dict) and doc.get("kind") == "Secret":
+        name = doc.get("metadata", {}).get("name")
+        keys = set(doc.get("stringData", {})) | set(doc.get("data", {}) or {})
+        want = set().union(*(ks for (_, rn), ks in refs.items() if rn == name))
+        check(bool(want) and keys == want, f"secret.example.yaml: Secret {name!r} keys {sorted(keys)} equal the secretKeyRefs' {sorted(want)}")
 PY
 
 echo
