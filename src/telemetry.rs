@@ -23,7 +23,7 @@ static HANDLES: OnceLock<Handles> = OnceLock::new();
 
 /// Endpoints whose successful calls are counted through a cached handle.
 const HOT_ENDPOINTS: [&str; 3] = ["sendBySession", "chat/get", "gettoken"];
-/// Commands counted through a cached handle (every [`crate::bot::Command`] name).
+/// Commands counted through a cached handle (the name of every bot command).
 const HOT_COMMANDS: [&str; 5] = ["info", "help", "bind", "unknown", "not_text"];
 
 struct Handles {
