@@ -2,7 +2,6 @@
 //! its background tasks. Tests call [`Application::build`] with port 0.
 
 use std::net::TcpListener;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -14,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::bot::{Bot, BotOptions, GroupDirectory};
-use crate::config::{Settings, parse_base_url};
+use crate::config::{BaseUrl, Settings};
 use crate::dingtalk::client::http_client;
 use crate::dingtalk::{DingTalkClient, ReplyHttp, RetryPolicy, Verifier, WebhookPolicy};
 use crate::ratelimit::GroupLimiter;
@@ -158,7 +157,7 @@ pub struct Application {
 impl Application {
     /// Binds `server.listen` and builds everything.
     pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
-        let addr = settings.listen_addr()?;
+        let addr = settings.server.listen;
         let listener = TcpListener::bind(addr).map_err(|source| StartupError::Bind {
             addr: addr.to_string(),
             source,
@@ -194,16 +193,6 @@ impl Application {
         }
         let client =
             Arc::new(DingTalkClient::from_settings(dt, http, retry).with_reply_http(reply_http));
-        let oapi = parse_base_url(&dt.oapi_base).map_err(|problem| crate::config::ConfigError {
-            key: "dingtalk.oapi_base".into(),
-            problem,
-            source_name: "configuration".into(),
-        })?;
-        let extra: Vec<url::Url> = dt
-            .extra_webhook_hosts
-            .iter()
-            .filter_map(|h| parse_base_url(h).ok())
-            .collect();
         let renderer = Renderer::new(settings.bot.language, settings.bot.templates_dir.as_deref())?;
         let groups = Arc::new(GroupDirectory::new(&settings.groups));
         let store = Arc::new(BindingStore::open(&settings.storage.data_dir)?);
@@ -216,23 +205,29 @@ impl Application {
         ));
         let window_ms =
             i64::try_from(dt.max_clock_skew_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-        let per_minute =
-            NonZeroU32::new(settings.rate_limit.per_group_per_minute).unwrap_or(NonZeroU32::MIN);
-        let limiter = Arc::new(GroupLimiter::new(per_minute));
+        let limiter = Arc::new(GroupLimiter::new(settings.rate_limit.per_group_per_minute));
         let state = web::Data::new(AppState {
             verifier: Verifier::new(&dt.app_secret, dt.max_clock_skew_secs),
-            webhooks: WebhookPolicy::new(&oapi, extra.iter()),
+            webhooks: WebhookPolicy::new(
+                dt.oapi_base.url(),
+                dt.extra_webhook_hosts.iter().map(BaseUrl::url),
+                &dt.webhook_paths,
+            ),
             // A (timestamp, sign) pair is only accepted within the clock window of its
             // timestamp, and DingTalk's redeliveries carry the same msgId within minutes:
             // remembering both for one window is enough.
             dedupe: SeenSet::keys_only(SEEN_CAPACITY, window_ms),
-            replay: SeenSet::new(SEEN_CAPACITY, window_ms, dt.max_messages_per_signature),
+            replay: SeenSet::new(
+                SEEN_CAPACITY,
+                window_ms,
+                dt.max_messages_per_signature.get(),
+            ),
             limiter: limiter.clone(),
             bot,
             client: client.clone(),
             tasks: TaskTracker::new(),
-            in_flight: Arc::new(Semaphore::new(settings.server.max_in_flight)),
-            max_in_flight: u32::try_from(settings.server.max_in_flight).unwrap_or(u32::MAX),
+            in_flight: Arc::new(Semaphore::new(settings.server.max_in_flight.get())),
+            max_in_flight: u32::try_from(settings.server.max_in_flight.get()).unwrap_or(u32::MAX),
             queue_wait: Duration::from_millis(settings.server.queue_wait_ms),
             draining: AtomicBool::new(false),
             body_limit: settings.server.body_limit_bytes,
@@ -243,7 +238,7 @@ impl Application {
         let port = listener
             .local_addr()
             .map_err(|source| StartupError::Bind {
-                addr: settings.server.listen.clone(),
+                addr: settings.server.listen.to_string(),
                 source,
             })?
             .port();
@@ -262,7 +257,7 @@ impl Application {
         .disable_signals()
         .listen(listener)
         .map_err(|source| StartupError::Bind {
-            addr: settings.server.listen.clone(),
+            addr: settings.server.listen.to_string(),
             source,
         })?;
         if settings.server.workers > 0 {

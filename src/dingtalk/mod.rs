@@ -9,9 +9,10 @@ pub mod outbound;
 pub mod reply_http;
 pub mod signature;
 
+pub use crate::config::ReplyClientChoice;
 pub use client::{ChatInfo, DingTalkClient, RetryPolicy};
 pub use error::ApiError;
 pub use inbound::{Body, Callback, ConversationKind, RobotMessage};
 pub use outbound::{WebhookPolicy, WebhookRefusal};
-pub use reply_http::{ReplyClientChoice, ReplyHttp};
+pub use reply_http::ReplyHttp;
 pub use signature::{SignatureError, Verified, Verifier};
