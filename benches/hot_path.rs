@@ -99,7 +99,8 @@ fn callback(c: &mut Criterion) {
         Ok(u) => u,
         Err(e) => panic!("base URL: {e}"),
     };
-    let policy = WebhookPolicy::new(&oapi, std::iter::empty());
+    let paths = ["/robot/sendBySession".to_string()];
+    let policy = WebhookPolicy::new(&oapi, std::iter::empty(), &paths);
     let webhook = "http://127.0.0.1:9700/robot/sendBySession?session=c2VzMTIzNDU2Nzg5MA==";
     let mut g = c.benchmark_group("callback");
     g.throughput(Throughput::Bytes(body.len() as u64));

@@ -1,15 +1,22 @@
-//! Typed configuration: a TOML file layered under `DINGBOT_<SECTION>__<KEY>` environment
-//! variables, validated once at startup.
+//! Typed configuration: built-in defaults, then a TOML file, then `DINGBOT_<SECTION>__<KEY>`
+//! environment variables, checked once at startup.
 //!
-//! Owns the public key names (they are documented in the README and are API). Every problem
-//! is reported as one [`ConfigError`] naming the key and where its value came from. The app
-//! secret lives in a [`SecretString`] so it cannot reach `Debug` output, logs or error text.
+//! Owns the public key names (documented in the README; they are API). figment layers the
+//! sources and serde types the values (`SocketAddr`, [`BaseUrl`], `NonZero*`); ranges are
+//! one table ([`RANGES`]) and the rest is [`Settings::check`]. Every problem is one
+//! [`ConfigError`] naming the key and where its value came from. The app secret is a
+//! [`SecretString`] and never shown; a TOML syntax error is reported by line and column,
+//! never by quoting the line. A leaf module: it uses nothing else from the crate.
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 
-use figment::Figment;
+use figment::error::Kind;
 use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Value};
+use figment::{Figment, Source};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -17,9 +24,53 @@ use url::Url;
 /// The prefix of every environment variable dingbot reads for its settings.
 pub const ENV_PREFIX: &str = "DINGBOT_";
 
+/// Keys whose environment values stay strings even when they look like numbers.
+const STRING_KEYS: [&str; 4] = [
+    "dingtalk.app_key",
+    "dingtalk.app_secret",
+    "storage.data_dir",
+    "bot.templates_dir",
+];
+
+/// `(key, lowest, highest, note)` of every number with a range.
+const RANGES: [(&str, u64, u64, &str); 12] = [
+    ("server.body_limit_bytes", 1024, 16 * 1024 * 1024, ""),
+    ("server.max_in_flight", 1, 1_000_000, ""),
+    ("server.queue_wait_ms", 0, 10_000, " (0 = refuse at once)"),
+    ("server.workers", 0, 256, " (0 = one per CPU)"),
+    (
+        "dingtalk.max_clock_skew_secs",
+        60,
+        86_400,
+        " seconds (DingTalk documents 3600)",
+    ),
+    ("dingtalk.request_timeout_ms", 100, 120_000, ""),
+    ("dingtalk.max_messages_per_signature", 1, 1000, ""),
+    ("dingtalk.max_parallel_requests", 1, 4096, ""),
+    (
+        "rate_limit.per_group_per_minute",
+        1,
+        10_000,
+        " (DingTalk throttles a robot above 20 messages a minute)",
+    ),
+    (
+        "bot.info_cache_ttl_secs",
+        0,
+        86_400,
+        " (0 disables the cache)",
+    ),
+    ("bot.info_cache_max_groups", 1, 10_000_000, ""),
+    (
+        "group_info.denied_backoff_secs",
+        0,
+        604_800,
+        " (0 asks again every time)",
+    ),
+];
+
 /// Everything dingbot needs to run, after validation.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// Where and how the HTTP server listens.
     pub server: ServerSettings,
@@ -36,23 +87,22 @@ pub struct Settings {
     /// Where dingbot keeps what must survive a restart (`/bind` bindings).
     pub storage: StorageSettings,
     /// Groups whose legacy `chatid` the admin knows (created through the server API).
-    #[serde(default)]
     pub groups: Vec<GroupBinding>,
 }
 
 /// `[server]`
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServerSettings {
     /// Socket address to bind, e.g. `0.0.0.0:8080`.
-    pub listen: String,
+    pub listen: SocketAddr,
     /// Path DingTalk POSTs callbacks to (the "消息接收地址" path).
     pub callback_path: String,
     /// Largest callback body accepted; larger bodies get 413 unread.
     pub body_limit_bytes: usize,
     /// Callbacks processed at once (body read to reply sent); a callback beyond it waits
     /// up to `queue_wait_ms` for a slot, then gets 503.
-    pub max_in_flight: usize,
+    pub max_in_flight: NonZeroUsize,
     /// How long a verified callback may wait for a free slot before it is refused with
     /// 503; 0 refuses at once. DingTalk does not redeliver robot messages, so a short wait
     /// rides out a burst instead of losing commands.
@@ -63,74 +113,196 @@ pub struct ServerSettings {
     pub workers: usize,
 }
 
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            callback_path: "/dingtalk/callback".into(),
+            body_limit_bytes: 65_536,
+            max_in_flight: NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN),
+            queue_wait_ms: 1000,
+            shutdown_grace_secs: 10,
+            workers: 0,
+        }
+    }
+}
+
 /// `[dingtalk]`
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct DingTalkSettings {
-    /// The app's AppKey (a.k.a. clientId).
+    /// The app's AppKey (a.k.a. clientId); required.
     pub app_key: String,
-    /// The app's AppSecret: fetches tokens and is the callback signing key.
+    /// The app's AppSecret: fetches tokens and is the callback signing key; required.
     pub app_secret: SecretString,
     /// Legacy API host (`gettoken`, `chat/get`, and the host of every sessionWebhook).
-    pub oapi_base: String,
+    pub oapi_base: BaseUrl,
     /// New API host (`/v1.0/...`).
-    pub api_base: String,
+    pub api_base: BaseUrl,
     /// Callbacks whose `timestamp` is further than this from our clock are refused.
     pub max_clock_skew_secs: u64,
     /// Further origins (`scheme://host[:port]`) a sessionWebhook may point at.
-    #[serde(default)]
-    pub extra_webhook_hosts: Vec<String>,
+    pub extra_webhook_hosts: Vec<BaseUrl>,
+    /// Paths a sessionWebhook may have (exact match); `/robot/sendBySession` also needs a
+    /// non-empty `session` parameter.
+    pub webhook_paths: Vec<String>,
     /// Timeout of every outbound HTTP call, in milliseconds.
     pub request_timeout_ms: u64,
     /// How many distinct messages one (timestamp, sign) pair may carry; a further body
     /// with the same pair is refused as a replay.
-    pub max_messages_per_signature: usize,
+    pub max_messages_per_signature: NonZeroUsize,
     /// API calls to DingTalk on the wire at once, and as many reply POSTs; each uses
     /// one pooled keep-alive connection, so this also caps connections and TLS handshakes.
-    pub max_parallel_requests: usize,
-    /// Which HTTP client POSTs replies: `auto` (the direct one unless a proxy variable
-    /// is set), `direct`, or `reqwest` (honours `HTTPS_PROXY` and friends).
-    pub reply_client: crate::dingtalk::ReplyClientChoice,
+    pub max_parallel_requests: NonZeroUsize,
+    /// Which HTTP client POSTs replies.
+    pub reply_client: ReplyClientChoice,
+}
+
+impl Default for DingTalkSettings {
+    fn default() -> Self {
+        DingTalkSettings {
+            app_key: String::new(),
+            app_secret: String::new().into(),
+            oapi_base: BaseUrl::builtin("https://oapi.dingtalk.com"),
+            api_base: BaseUrl::builtin("https://api.dingtalk.com"),
+            max_clock_skew_secs: 3600,
+            extra_webhook_hosts: Vec::new(),
+            webhook_paths: vec!["/robot/sendBySession".into()],
+            request_timeout_ms: 5000,
+            max_messages_per_signature: NonZeroUsize::MIN,
+            max_parallel_requests: NonZeroUsize::new(32).unwrap_or(NonZeroUsize::MIN),
+            reply_client: ReplyClientChoice::Auto,
+        }
+    }
+}
+
+/// `dingtalk.reply_client`: which HTTP client POSTs replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplyClientChoice {
+    /// The direct client, unless a proxy variable is set (then reqwest).
+    #[default]
+    Auto,
+    /// Always the direct client (never a proxy).
+    Direct,
+    /// Always reqwest (the shared API client, proxy variables honoured).
+    Reqwest,
+}
+
+/// An `http(s)://host[:port]` URL without query or fragment, checked when it is read.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct BaseUrl(Url);
+
+impl BaseUrl {
+    /// One of the defaults above; every test that loads a configuration parses them.
+    fn builtin(url: &'static str) -> BaseUrl {
+        match BaseUrl::try_from(url.to_string()) {
+            Ok(url) => url,
+            Err(problem) => panic!("built-in default: {problem}"),
+        }
+    }
+
+    /// The parsed URL.
+    pub fn url(&self) -> &Url {
+        &self.0
+    }
+
+    /// The URL without a trailing slash, e.g. `https://oapi.dingtalk.com`.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str().trim_end_matches('/')
+    }
+}
+
+impl TryFrom<String> for BaseUrl {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<BaseUrl, String> {
+        let url = Url::parse(&value).map_err(|e| format!("{value:?} is not a URL ({e})"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(format!("{value:?} must be an http(s) URL with a host"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(format!("{value:?} must not have a query or fragment"));
+        }
+        Ok(BaseUrl(url))
+    }
+}
+
+impl fmt::Display for BaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// `[rate_limit]`
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RateLimitSettings {
     /// Commands answered per group per minute (burst of this size, then one every 60/N s).
-    pub per_group_per_minute: u32,
+    pub per_group_per_minute: NonZeroU32,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        let per_group_per_minute = NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN);
+        RateLimitSettings {
+            per_group_per_minute,
+        }
+    }
 }
 
 /// `[bot]`
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct BotSettings {
     /// Reply language: `zh` (default) or `en`.
     pub language: Language,
     /// Directory whose `<language>/<name>.md.j2` files override the embedded templates.
-    #[serde(default)]
     pub templates_dir: Option<PathBuf>,
     /// Also write `@<userid>` into the reply text (besides `at.atUserIds`).
     pub inline_mention: bool,
     /// Seconds a group's info is reused before asking DingTalk again; 0 disables caching.
     pub info_cache_ttl_secs: u64,
     /// Most group summaries cached at once; the least recently used go first.
-    pub info_cache_max_groups: u64,
+    pub info_cache_max_groups: NonZeroU64,
     /// Userids (`senderStaffId`) allowed to `/bind` in any group, besides DingTalk's group
     /// admins (`isAdmin`).
-    #[serde(default)]
     pub admin_user_ids: Vec<String>,
+}
+
+impl Default for BotSettings {
+    fn default() -> Self {
+        BotSettings {
+            language: Language::Zh,
+            templates_dir: None,
+            inline_mention: false,
+            info_cache_ttl_secs: 60,
+            info_cache_max_groups: NonZeroU64::new(10_000).unwrap_or(NonZeroU64::MIN),
+            admin_user_ids: Vec::new(),
+        }
+    }
 }
 
 /// `[group_info]`
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct GroupInfoSettings {
     /// Sources `/info` asks, in this order, until the summary is complete.
     pub sources: Vec<InfoSource>,
     /// Seconds a source that refused a group (no permission, not a scene group) is not
     /// asked again for that group; 0 asks every time.
     pub denied_backoff_secs: u64,
+}
+
+impl Default for GroupInfoSettings {
+    fn default() -> Self {
+        let sources = InfoSource::ALL.to_vec();
+        GroupInfoSettings {
+            sources,
+            denied_backoff_secs: 600,
+        }
+    }
 }
 
 /// One place `/info` can learn about a group from.
@@ -169,25 +341,34 @@ impl InfoSource {
 
 /// `[storage]`
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct StorageSettings {
     /// Directory of `bindings.json`; created at startup if missing, must be writable.
     pub data_dir: PathBuf,
 }
 
+impl Default for StorageSettings {
+    fn default() -> Self {
+        StorageSettings {
+            data_dir: "./data".into(),
+        }
+    }
+}
+
 /// `[log]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
     /// `text` for people, `json` for log collectors.
     pub format: LogFormat,
 }
 
 /// A reply language.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Language {
     /// 简体中文
+    #[default]
     Zh,
     /// English
     En,
@@ -204,10 +385,11 @@ impl Language {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
+    #[default]
     Text,
     /// One JSON object per line.
     Json,
@@ -222,45 +404,6 @@ pub struct GroupBinding {
     /// The group's `cid…` id as callbacks carry it; learned at startup when absent.
     #[serde(default)]
     pub open_conversation_id: Option<String>,
-}
-
-/// Defaults for every key that has one; `app_key`/`app_secret` have none.
-fn defaults() -> serde_json::Value {
-    serde_json::json!({
-        "server": {
-            "listen": "0.0.0.0:8080",
-            "callback_path": "/dingtalk/callback",
-            "body_limit_bytes": 65536,
-            "max_in_flight": 1024,
-            "queue_wait_ms": 1000,
-            "shutdown_grace_secs": 10,
-            "workers": 0,
-        },
-        "dingtalk": {
-            "oapi_base": "https://oapi.dingtalk.com",
-            "api_base": "https://api.dingtalk.com",
-            "max_clock_skew_secs": 3600,
-            "extra_webhook_hosts": [],
-            "request_timeout_ms": 5000,
-            "max_messages_per_signature": 1,
-            "max_parallel_requests": 32,
-            "reply_client": "auto",
-        },
-        "rate_limit": { "per_group_per_minute": 20 },
-        "bot": {
-            "language": "zh",
-            "inline_mention": false,
-            "info_cache_ttl_secs": 60,
-            "info_cache_max_groups": 10_000,
-            "admin_user_ids": [],
-        },
-        "log": { "format": "text" },
-        "group_info": {
-            "sources": ["chat_get", "scene_group", "base_info", "callback"],
-            "denied_backoff_secs": 600,
-        },
-        "storage": { "data_dir": "./data" },
-    })
 }
 
 /// A configuration problem, phrased for the admin who has to fix it.
@@ -279,182 +422,87 @@ impl Settings {
     /// Loads defaults, then `path` (if given), then `DINGBOT_*` variables from the process
     /// environment, and validates the result.
     pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
-        Self::load_with_env(path, std::env::vars())
+        let vars = std::env::vars_os();
+        Self::load_with_env(
+            path,
+            vars.map(|(k, v)| (k.to_string_lossy().into(), v.to_string_lossy().into())),
+        )
     }
 
-    /// Like [`Settings::load`] with an explicit environment (tests use this).
+    /// Like [`Settings::load`] with an explicit environment (tests use this). figment's
+    /// `Env` provider reads only the process environment and parses every value, which
+    /// would turn a numeric-looking secret into a number; each variable here becomes one
+    /// figment layer instead, its value parsed by figment's own `Value` parser.
     pub fn load_with_env(
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(defaults()));
+        let mut figment = Figment::new();
         if let Some(path) = path {
+            let fail = |problem| ConfigError {
+                key: "--config".into(),
+                problem,
+                source_name: "command line".into(),
+            };
             if !path.is_file() {
-                return Err(ConfigError {
-                    key: "--config".into(),
-                    problem: format!("file {} does not exist or is not a file", path.display()),
-                    source_name: "command line".into(),
-                });
+                let shown = path.display();
+                return Err(fail(format!(
+                    "file {shown} does not exist or is not a file"
+                )));
             }
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| fail(format!("file {} cannot be read ({e})", path.display())))?;
+            check_syntax(&text, || format!("file {}", path.display()))?;
             figment = figment.merge(Toml::file_exact(path));
         }
         let env: Vec<(String, String)> = env
             .into_iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .filter_map(|(name, raw)| {
+                let key = name.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase();
+                let key = key.replace("__", ".");
+                (!key.split('.').any(str::is_empty)).then_some((key, raw))
+            })
             .collect();
-        figment = figment.merge(env_provider(env));
-        let settings: Settings = figment.extract().map_err(|e| from_figment(&figment, e))?;
-        settings.validate().map_err(|(key, problem)| ConfigError {
-            source_name: source_of(&figment, &key),
-            key,
-            problem,
-        })?;
-        Ok(settings)
+        for (key, raw) in &env {
+            let value = match raw.parse::<Value>() {
+                Ok(v) if !STRING_KEYS.contains(&key.as_str()) => v,
+                _ => Value::from(raw.clone()),
+            };
+            figment = figment.merge(Serialized::default(key, value));
+        }
+        extract(&figment, &env)
     }
 
     /// Parses a TOML document (tests and `check`); same layering, no environment.
     pub fn from_toml_str(toml: &str) -> Result<Settings, ConfigError> {
-        let figment = Figment::from(Serialized::defaults(defaults())).merge(Toml::string(toml));
-        let settings: Settings = figment.extract().map_err(|e| from_figment(&figment, e))?;
-        settings.validate().map_err(|(key, problem)| ConfigError {
-            source_name: source_of(&figment, &key),
-            key,
-            problem,
-        })?;
-        Ok(settings)
+        check_syntax(toml, || "TOML text".into())?;
+        extract(&Figment::from(Toml::string(toml)), &[])
     }
 
-    /// The listen address, parsed.
-    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.server.listen.parse().map_err(|_| ConfigError {
-            key: "server.listen".into(),
-            problem: format!(
-                "{:?} is not an address like 0.0.0.0:8080",
-                self.server.listen
-            ),
-            source_name: "configuration".into(),
-        })
-    }
-
-    /// Checks what serde cannot: ranges, URL shapes, non-empty secrets.
-    fn validate(&self) -> Result<(), (String, String)> {
-        let err = |k: &str, p: String| Err((k.to_string(), p));
-        if self.server.listen.parse::<SocketAddr>().is_err() {
-            return err(
-                "server.listen",
-                format!(
-                    "{:?} is not an address like 0.0.0.0:8080",
-                    self.server.listen
-                ),
-            );
-        }
+    /// Checks what serde and [`RANGES`] cannot: paths, required strings, lists.
+    fn check(&self) -> Result<(), (String, String)> {
+        let fail = |key: &str, problem: String| Err((key.to_string(), problem));
         let path = &self.server.callback_path;
-        if !path.starts_with('/') || path.len() < 2 || path.contains(['?', '#', ' ']) {
-            return err(
-                "server.callback_path",
-                format!("{path:?} must be a path such as /dingtalk/callback"),
-            );
+        if !is_path(path) || path.len() < 2 {
+            let problem = format!("{path:?} must be a path such as /dingtalk/callback");
+            return fail("server.callback_path", problem);
         }
-        for reserved in ["/healthz", "/readyz", "/metrics"] {
-            if path == reserved {
-                return err(
-                    "server.callback_path",
-                    format!("{path:?} is reserved for dingbot's own endpoint"),
-                );
-            }
+        if ["/healthz", "/readyz", "/metrics"].contains(&path.as_str()) {
+            let problem = format!("{path:?} is reserved for dingbot's own endpoint");
+            return fail("server.callback_path", problem);
         }
-        if !(1024..=16 * 1024 * 1024).contains(&self.server.body_limit_bytes) {
-            return err(
-                "server.body_limit_bytes",
-                "must be between 1024 and 16777216".into(),
-            );
+        let dt = &self.dingtalk;
+        if dt.app_key.trim().is_empty() {
+            let problem = "is required: the AppKey of your DingTalk app";
+            return fail("dingtalk.app_key", problem.into());
         }
-        if !(1..=1_000_000).contains(&self.server.max_in_flight) {
-            return err(
-                "server.max_in_flight",
-                "must be between 1 and 1000000".into(),
-            );
+        if dt.app_secret.expose_secret().trim().is_empty() {
+            let problem = "is required: the AppSecret of your DingTalk app (set DINGBOT_DINGTALK__APP_SECRET)";
+            return fail("dingtalk.app_secret", problem.into());
         }
-        if self.server.queue_wait_ms > 10_000 {
-            return err(
-                "server.queue_wait_ms",
-                "must be at most 10000 (0 = refuse at once)".into(),
-            );
-        }
-        if self.server.workers > 256 {
-            return err(
-                "server.workers",
-                "must be at most 256 (0 = one per CPU)".into(),
-            );
-        }
-        if self.dingtalk.app_key.trim().is_empty() {
-            return err(
-                "dingtalk.app_key",
-                "is required: the AppKey of your DingTalk app".into(),
-            );
-        }
-        if self.dingtalk.app_secret.expose_secret().trim().is_empty() {
-            return err(
-                "dingtalk.app_secret",
-                "is required: the AppSecret of your DingTalk app (set DINGBOT_DINGTALK__APP_SECRET)"
-                    .into(),
-            );
-        }
-        for (key, value) in [
-            ("dingtalk.oapi_base", &self.dingtalk.oapi_base),
-            ("dingtalk.api_base", &self.dingtalk.api_base),
-        ] {
-            if let Err(problem) = parse_base_url(value) {
-                return err(key, problem);
-            }
-        }
-        for host in &self.dingtalk.extra_webhook_hosts {
-            if let Err(problem) = parse_base_url(host) {
-                return err("dingtalk.extra_webhook_hosts", problem);
-            }
-        }
-        if !(60..=24 * 3600).contains(&self.dingtalk.max_clock_skew_secs) {
-            return err(
-                "dingtalk.max_clock_skew_secs",
-                "must be between 60 and 86400 seconds (DingTalk documents 3600)".into(),
-            );
-        }
-        if !(100..=120_000).contains(&self.dingtalk.request_timeout_ms) {
-            return err(
-                "dingtalk.request_timeout_ms",
-                "must be between 100 and 120000".into(),
-            );
-        }
-        if !(1..=4096).contains(&self.dingtalk.max_parallel_requests) {
-            return err(
-                "dingtalk.max_parallel_requests",
-                "must be between 1 and 4096".into(),
-            );
-        }
-        if !(1..=1000).contains(&self.dingtalk.max_messages_per_signature) {
-            return err(
-                "dingtalk.max_messages_per_signature",
-                "must be between 1 and 1000".into(),
-            );
-        }
-        if !(1..=10_000).contains(&self.rate_limit.per_group_per_minute) {
-            return err(
-                "rate_limit.per_group_per_minute",
-                "must be between 1 and 10000 (DingTalk throttles a robot above 20 messages a minute)"
-                    .into(),
-            );
-        }
-        if !(1..=10_000_000).contains(&self.bot.info_cache_max_groups) {
-            return err(
-                "bot.info_cache_max_groups",
-                "must be between 1 and 10000000".into(),
-            );
-        }
-        if self.bot.info_cache_ttl_secs > 24 * 3600 {
-            return err(
-                "bot.info_cache_ttl_secs",
-                "must be at most 86400 (0 disables the cache)".into(),
-            );
+        if dt.webhook_paths.is_empty() || !dt.webhook_paths.iter().all(|p| is_path(p)) {
+            let problem = "must list paths such as /robot/sendBySession (no query)";
+            return fail("dingtalk.webhook_paths", problem.into());
         }
         if self
             .bot
@@ -462,36 +510,28 @@ impl Settings {
             .iter()
             .any(|id| id.trim().is_empty())
         {
-            return err(
+            return fail(
                 "bot.admin_user_ids",
                 "must not contain empty userids".into(),
             );
         }
-        if self.group_info.sources.is_empty() {
-            return err(
+        let sources = &self.group_info.sources;
+        if sources.is_empty() {
+            let all = InfoSource::ALL.map(InfoSource::name).join(", ");
+            return fail(
                 "group_info.sources",
-                format!(
-                    "must name at least one of {}",
-                    InfoSource::ALL.map(InfoSource::name).join(", ")
-                ),
+                format!("must name at least one of {all}"),
             );
         }
-        for (i, source) in self.group_info.sources.iter().enumerate() {
-            if self.group_info.sources[..i].contains(source) {
-                return err(
-                    "group_info.sources",
-                    format!("{:?} is listed twice", source.name()),
-                );
-            }
-        }
-        if self.group_info.denied_backoff_secs > 7 * 24 * 3600 {
-            return err(
-                "group_info.denied_backoff_secs",
-                "must be at most 604800 (0 asks again every time)".into(),
+        if let Some((_, s)) = (sources.iter().enumerate()).find(|(i, s)| sources[..*i].contains(s))
+        {
+            return fail(
+                "group_info.sources",
+                format!("{:?} is listed twice", s.name()),
             );
         }
         if self.storage.data_dir.as_os_str().is_empty() {
-            return err(
+            return fail(
                 "storage.data_dir",
                 "must not be empty (default ./data)".into(),
             );
@@ -500,159 +540,116 @@ impl Settings {
             && !dir.as_os_str().is_empty()
             && !dir.is_dir()
         {
-            return err(
-                "bot.templates_dir",
-                format!("{} is not a directory", dir.display()),
-            );
+            let problem = format!("{} is not a directory", dir.display());
+            return fail("bot.templates_dir", problem);
         }
-        let mut seen = std::collections::HashSet::new();
         for (i, g) in self.groups.iter().enumerate() {
+            let key = |field: &str| format!("groups[{i}].{field}");
             if g.chatid.trim().is_empty() {
-                return err(&format!("groups[{i}].chatid"), "must not be empty".into());
+                return fail(&key("chatid"), "must not be empty".into());
             }
-            if !seen.insert(g.chatid.as_str()) {
-                return err(
-                    &format!("groups[{i}].chatid"),
-                    format!("{:?} is listed twice", g.chatid),
-                );
-            }
-            if let Some(cid) = &g.open_conversation_id
-                && cid.trim().is_empty()
+            if self.groups[..i]
+                .iter()
+                .any(|other| other.chatid == g.chatid)
             {
-                return err(
-                    &format!("groups[{i}].open_conversation_id"),
-                    "must not be empty when given (leave it out to learn it at startup)".into(),
-                );
+                return fail(&key("chatid"), format!("{:?} is listed twice", g.chatid));
+            }
+            if g.open_conversation_id
+                .as_deref()
+                .is_some_and(|c| c.trim().is_empty())
+            {
+                let problem = "must not be empty when given (leave it out to learn it at startup)";
+                return fail(&key("open_conversation_id"), problem.into());
             }
         }
         Ok(())
     }
 }
 
-/// Parses a `scheme://host[:port]` base URL (no query, no fragment).
-pub fn parse_base_url(value: &str) -> Result<Url, String> {
-    let url = Url::parse(value).map_err(|e| format!("{value:?} is not a URL ({e})"))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(format!("{value:?} must be an http(s) URL with a host"));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("{value:?} must not have a query or fragment"));
-    }
-    Ok(url)
+/// `/a/b`: starts with a slash; no query, fragment or space.
+fn is_path(p: &str) -> bool {
+    p.starts_with('/') && !p.contains(['?', '#', ' '])
 }
 
-/// `DINGBOT_DINGTALK__APP_SECRET` → `dingtalk.app_secret`, from an explicit list of variables.
-fn env_provider(vars: Vec<(String, String)>) -> Serialized<serde_json::Value> {
-    // figment's Env provider reads the process environment; an explicit map keeps tests
-    // hermetic. Values are parsed like figment does: TOML scalars/arrays when they parse,
-    // strings otherwise.
-    let mut root = serde_json::Map::new();
-    for (key, value) in vars {
-        let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
-            continue;
-        };
-        let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
-        let parsed = parse_env_value(&path, &value);
-        insert_path(&mut root, &path, parsed);
-    }
-    Serialized::defaults(serde_json::Value::Object(root))
-}
-
-fn parse_env_value(path: &[String], value: &str) -> serde_json::Value {
-    // Secrets and ids stay strings even if they look like numbers.
-    let last = path.last().map(String::as_str).unwrap_or("");
-    if matches!(
-        last,
-        "app_key" | "app_secret" | "chatid" | "open_conversation_id" | "data_dir"
-    ) {
-        return serde_json::Value::String(value.to_string());
-    }
-    // Numbers, booleans and JSON arrays (`["https://a", "https://b"]`) parse as such;
-    // anything else is a string.
-    serde_json::from_str::<serde_json::Value>(value.trim())
-        .ok()
-        .filter(|v| !v.is_object() && !v.is_null())
-        .unwrap_or_else(|| serde_json::Value::String(value.to_string()))
-}
-
-fn insert_path(
-    root: &mut serde_json::Map<String, serde_json::Value>,
-    path: &[String],
-    value: serde_json::Value,
-) {
-    match path {
-        [] => {}
-        [leaf] => {
-            root.insert(leaf.clone(), value);
-        }
-        [head, rest @ ..] => {
-            let child = root
-                .entry(head.clone())
-                .or_insert_with(|| serde_json::Value::Object(Default::default()));
-            if !child.is_object() {
-                *child = serde_json::Value::Object(Default::default());
-            }
-            if let serde_json::Value::Object(map) = child {
-                insert_path(map, rest, value);
-            }
-        }
-    }
-}
-
-fn from_figment(figment: &Figment, e: figment::Error) -> ConfigError {
-    let key = if e.path.is_empty() {
-        "(top level)".to_string()
-    } else {
-        e.path.join(".")
-    };
-    // Never echo a value that might be the secret.
-    let problem = if key.contains("app_secret") {
-        "invalid value (not shown): expected a string".to_string()
-    } else {
-        match &e.kind {
-            figment::error::Kind::MissingField(f) => {
-                return ConfigError {
-                    key: if e.path.is_empty() {
-                        f.to_string()
-                    } else {
-                        format!("{key}.{f}")
-                    },
-                    problem: "is required but missing".into(),
-                    source_name: format!(
-                        "config file or {ENV_PREFIX}{}",
-                        env_name(&format!("{key}.{f}"))
-                    ),
-                };
-            }
-            other => other.to_string(),
-        }
-    };
-    let source_name = match &e.metadata {
-        Some(md) => describe_metadata(md),
-        None => source_of(figment, &key),
-    };
-    ConfigError {
-        key,
+/// Range checks on the layered values (before serde, so that 0 for a `NonZero` key gets
+/// the range message too), then serde, then [`Settings::check`].
+fn extract(figment: &Figment, env: &[(String, String)]) -> Result<Settings, ConfigError> {
+    let error = |key: &str, problem| ConfigError {
+        key: key.to_string(),
         problem,
-        source_name,
+        source_name: source_of(figment, env, key),
+    };
+    for (key, lo, hi, note) in RANGES {
+        if let Ok(value) = figment.extract_inner::<u64>(key)
+            && !(lo..=hi).contains(&value)
+        {
+            return Err(error(
+                key,
+                match lo {
+                    0 => format!("must be at most {hi}{note}"),
+                    _ => format!("must be between {lo} and {hi}{note}"),
+                },
+            ));
+        }
     }
+    let settings: Settings = figment.extract().map_err(|e| {
+        let mut key = e.path.join(".");
+        let problem = match &e.kind {
+            Kind::MissingField(field) => {
+                key = [key.as_str(), field]
+                    .join(".")
+                    .trim_start_matches('.')
+                    .into();
+                "is required but missing".to_string()
+            }
+            // Never echo a value that might be the secret.
+            _ if key.contains("app_secret") => {
+                "invalid value (not shown): expected a string".into()
+            }
+            kind => kind.to_string(),
+        };
+        error(if key.is_empty() { "(top level)" } else { &key }, problem)
+    })?;
+    settings
+        .check()
+        .map_err(|(key, problem)| error(&key, problem))?;
+    Ok(settings)
 }
 
-fn source_of(figment: &Figment, key: &str) -> String {
+/// Where `key`'s value came from: the environment variable that set it, the file, or
+/// (when nothing set it) where it could be set.
+fn source_of(figment: &Figment, env: &[(String, String)], key: &str) -> String {
+    let from_env = env.iter().rev().find(|(k, _)| {
+        key.strip_prefix(k.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+    });
+    if let Some((k, _)) = from_env {
+        return format!("environment variable {ENV_PREFIX}{}", env_name(k));
+    }
     match figment.find_metadata(key) {
-        Some(md) => describe_metadata(md),
+        Some(md) => match &md.source {
+            Some(Source::File(p)) => format!("file {}", p.display()),
+            _ => md.name.to_string(),
+        },
         None => format!("config file or {ENV_PREFIX}{}", env_name(key)),
     }
 }
 
-fn describe_metadata(md: &figment::Metadata) -> String {
-    match &md.source {
-        Some(figment::Source::File(p)) => format!("file {}", p.display()),
-        _ if md.name.contains("Serialized") || md.name.contains("default") => {
-            "defaults or environment".into()
-        }
-        _ => md.name.to_string(),
-    }
+/// Refuses `text` unless it is TOML, giving the line, the column and the parser's short
+/// description: never the line itself, which may hold the secret.
+fn check_syntax(text: &str, source_name: impl FnOnce() -> String) -> Result<(), ConfigError> {
+    let Err(e) = Toml::from_str::<Dict>(text) else {
+        return Ok(());
+    };
+    let before = text.get(..e.span().map_or(0, |s| s.start)).unwrap_or("");
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let what = e.message().lines().collect::<Vec<_>>().join("; ");
+    Err(ConfigError {
+        key: "TOML syntax".into(),
+        problem: format!("line {line}, column {column}: {what}"),
+        source_name: source_name(),
+    })
 }
 
 /// `dingtalk.app_secret` → `DINGTALK__APP_SECRET`.
@@ -662,7 +659,6 @@ pub fn env_name(key: &str) -> String {
         .collect::<Vec<_>>()
         .join("__")
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -676,12 +672,17 @@ app_secret = "s3cret-value"
     #[test]
     fn minimal_file_gets_documented_defaults() {
         let s = Settings::from_toml_str(MINIMAL).unwrap();
-        assert_eq!(s.server.listen, "0.0.0.0:8080");
+        assert_eq!(s.server.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(s.server.callback_path, "/dingtalk/callback");
-        assert_eq!(s.dingtalk.oapi_base, "https://oapi.dingtalk.com");
-        assert_eq!(s.dingtalk.api_base, "https://api.dingtalk.com");
+        assert_eq!(s.server.max_in_flight.get(), 1024);
+        assert_eq!(s.dingtalk.oapi_base.as_str(), "https://oapi.dingtalk.com");
+        assert_eq!(s.dingtalk.api_base.as_str(), "https://api.dingtalk.com");
         assert_eq!(s.dingtalk.max_clock_skew_secs, 3600);
-        assert_eq!(s.rate_limit.per_group_per_minute, 20);
+        assert_eq!(s.dingtalk.webhook_paths, vec!["/robot/sendBySession"]);
+        assert_eq!(s.dingtalk.max_parallel_requests.get(), 32);
+        assert_eq!(s.dingtalk.reply_client, ReplyClientChoice::Auto);
+        assert_eq!(s.rate_limit.per_group_per_minute.get(), 20);
+        assert_eq!(s.bot.info_cache_max_groups.get(), 10_000);
         assert_eq!(s.bot.language, Language::Zh);
         assert!(s.groups.is_empty());
         assert!(s.bot.admin_user_ids.is_empty());
@@ -799,7 +800,7 @@ app_secret = "s3cret-value"
             ],
         )
         .unwrap();
-        assert_eq!(s.rate_limit.per_group_per_minute, 7);
+        assert_eq!(s.rate_limit.per_group_per_minute.get(), 7);
         assert_eq!(s.dingtalk.app_secret.expose_secret(), "12345");
 
         let e = Settings::load_with_env(
@@ -811,6 +812,38 @@ app_secret = "s3cret-value"
         )
         .unwrap_err();
         assert_eq!(e.key, "rate_limit.per_group_per_minute");
+        assert!(e.problem.contains("between 1 and 10000"), "{e}");
+        let var = "DINGBOT_RATE_LIMIT__PER_GROUP_PER_MINUTE";
+        assert_eq!(e.source_name, format!("environment variable {var}"));
+
+        std::fs::write(&file, format!("{MINIMAL}[server]\nlisten = \"nowhere\"\n")).unwrap();
+        let e = Settings::load_with_env(Some(&file), Vec::new()).unwrap_err();
+        assert_eq!(e.key, "server.listen");
+        assert_eq!(e.source_name, format!("file {}", file.display()));
+    }
+
+    #[test]
+    fn webhook_paths_are_paths() {
+        let toml = format!("{MINIMAL}webhook_paths = [\"/robot/sendBySession\", \"/r2\"]\n");
+        let s = Settings::from_toml_str(&toml).unwrap();
+        assert_eq!(
+            s.dingtalk.webhook_paths,
+            vec!["/robot/sendBySession", "/r2"]
+        );
+        for bad in ["[]", "[\"robot\"]", "[\"/robot?session=x\"]"] {
+            let toml = format!("{MINIMAL}webhook_paths = {bad}\n");
+            let e = Settings::from_toml_str(&toml).unwrap_err();
+            assert_eq!(e.key, "dingtalk.webhook_paths", "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_syntax_error_gives_line_and_column_not_the_line() {
+        let e = Settings::from_toml_str("[dingtalk]\napp_key = \"k\"\napp_secret = \"s3cret-v\n")
+            .unwrap_err();
+        assert_eq!(e.key, "TOML syntax");
+        assert!(e.problem.starts_with("line 3, column "), "{e}");
+        assert!(!format!("{e} {e:?}").contains("s3cret"), "{e:?}");
     }
 
     #[test]

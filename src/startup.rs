@@ -3,7 +3,6 @@
 //! [`Application::build`] with port 0.
 
 use std::net::TcpListener;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +11,7 @@ use actix_web::{App, HttpServer, web};
 use tokio_util::sync::CancellationToken;
 
 use crate::bot::{Bot, BotOptions, GroupDirectory};
-use crate::config::{Settings, parse_base_url};
+use crate::config::{BaseUrl, Settings};
 use crate::dingtalk::transport::http_client;
 use crate::dingtalk::{
     DingTalkClient, ReplyHttp, ReplySender, RetryPolicy, Verifier, WebhookPolicy,
@@ -91,25 +90,20 @@ fn dingtalk(settings: &Settings) -> Result<(Arc<DingTalkClient>, Arc<ReplySender
         ),
         (name, _) => tracing::debug!(reply_client = name, "reply client"),
     }
-    let sender = ReplySender::new(reply_http, dt.max_parallel_requests, retry);
+    let sender = ReplySender::new(reply_http, dt.max_parallel_requests.get(), retry);
     let client = DingTalkClient::from_settings(dt, http, retry);
     Ok((Arc::new(client), Arc::new(sender)))
 }
 
-/// Where replies may go: `oapi_base` and the configured extra origins.
-fn webhook_policy(settings: &Settings) -> Result<WebhookPolicy, StartupError> {
+/// Where replies may go: `oapi_base` and the configured extra origins, on the configured
+/// paths.
+fn webhook_policy(settings: &Settings) -> WebhookPolicy {
     let dt = &settings.dingtalk;
-    let oapi = parse_base_url(&dt.oapi_base).map_err(|problem| crate::config::ConfigError {
-        key: "dingtalk.oapi_base".into(),
-        problem,
-        source_name: "configuration".into(),
-    })?;
-    let extra: Vec<url::Url> = dt
-        .extra_webhook_hosts
-        .iter()
-        .filter_map(|h| parse_base_url(h).ok())
-        .collect();
-    Ok(WebhookPolicy::new(&oapi, extra.iter()))
+    WebhookPolicy::new(
+        dt.oapi_base.url(),
+        dt.extra_webhook_hosts.iter().map(BaseUrl::url),
+        &dt.webhook_paths,
+    )
 }
 
 /// In-memory admission state for `settings`.
@@ -118,16 +112,15 @@ fn memory_admission(settings: &Settings) -> MemoryAdmission {
     MemoryAdmission::new(MemoryOptions {
         capacity: SEEN_CAPACITY,
         window_ms: i64::try_from(dt.max_clock_skew_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
-        messages_per_signature: dt.max_messages_per_signature,
-        per_group_per_minute: NonZeroU32::new(settings.rate_limit.per_group_per_minute)
-            .unwrap_or(NonZeroU32::MIN),
+        messages_per_signature: dt.max_messages_per_signature.get(),
+        per_group_per_minute: settings.rate_limit.per_group_per_minute,
     })
 }
 
 impl Application {
     /// Binds `server.listen` and builds everything.
     pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
-        let addr = settings.listen_addr()?;
+        let addr = settings.server.listen;
         let listener = TcpListener::bind(addr).map_err(|source| StartupError::Bind {
             addr: addr.to_string(),
             source,
@@ -153,10 +146,10 @@ impl Application {
         ));
         let pipeline = Arc::new(Pipeline::new(Parts {
             admission: Arc::new(memory_admission(settings)),
-            webhooks: webhook_policy(settings)?,
+            webhooks: webhook_policy(settings),
             bot,
             sender,
-            max_in_flight: settings.server.max_in_flight,
+            max_in_flight: settings.server.max_in_flight.get(),
             queue_wait: Duration::from_millis(settings.server.queue_wait_ms),
         }));
         let dt = &settings.dingtalk;
@@ -278,7 +271,7 @@ fn http_server(
     state: web::Data<AppState>,
 ) -> Result<(u16, Server), StartupError> {
     let bind_error = |source| StartupError::Bind {
-        addr: settings.server.listen.clone(),
+        addr: settings.server.listen.to_string(),
         source,
     };
     let port = listener.local_addr().map_err(bind_error)?.port();

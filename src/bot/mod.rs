@@ -55,7 +55,7 @@ impl BotOptions {
             lookup_deadline: Duration::from_millis(settings.dingtalk.request_timeout_ms)
                 .mul_f64(2.0),
             info_ttl: Duration::from_secs(settings.bot.info_cache_ttl_secs),
-            info_max_groups: settings.bot.info_cache_max_groups,
+            info_max_groups: settings.bot.info_cache_max_groups.get(),
             sources: settings.group_info.sources.clone(),
             denied_backoff: Duration::from_secs(settings.group_info.denied_backoff_secs),
             admin_user_ids: settings.bot.admin_user_ids.clone(),

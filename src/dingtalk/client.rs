@@ -156,13 +156,13 @@ impl DingTalkClient {
     ) -> DingTalkClient {
         DingTalkClient::new(
             http,
-            &dt.oapi_base,
-            &dt.api_base,
+            dt.oapi_base.as_str(),
+            dt.api_base.as_str(),
             &dt.app_key,
             dt.app_secret.clone(),
             retry,
         )
-        .with_parallel_requests(dt.max_parallel_requests)
+        .with_parallel_requests(dt.max_parallel_requests.get())
     }
 
     /// Caps the API calls on the wire at once (default 32). Calls beyond it wait their

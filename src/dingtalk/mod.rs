@@ -16,11 +16,12 @@ pub mod sender;
 pub mod signature;
 pub mod transport;
 
+pub use crate::config::ReplyClientChoice;
 pub use client::{ChatInfo, DingTalkClient};
 pub use error::{ApiError, ErrorKind};
 pub use inbound::{Body, Callback, ConversationKind, RobotMessage};
 pub use outbound::{WebhookPolicy, WebhookRefusal};
-pub use reply_http::{ReplyClientChoice, ReplyHttp};
+pub use reply_http::ReplyHttp;
 pub use sender::{Delivery, ReplySender};
 pub use signature::{SignatureError, Verified, Verifier};
 pub use transport::RetryPolicy;

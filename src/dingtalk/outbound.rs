@@ -2,7 +2,10 @@
 //!
 //! A callback body is not signed (only the timestamp is), so its `sessionWebhook` is
 //! untrusted input: [`WebhookPolicy`] only lets through URLs whose scheme, host and port
-//! equal `oapi_base` or a configured extra origin, and only before they expire.
+//! equal `oapi_base` or a configured extra origin, whose path is one of
+//! `dingtalk.webhook_paths` (`/robot/sendBySession` with a non-empty `session` parameter by
+//! default), and only before they expire. A port must be 1 to 5 ASCII digits and at most
+//! 65535; any other spelling is refused, never read as the default port.
 //!
 //! The webhook is parsed as an `http::Uri` (`hyper::Uri`), the type the reply client sends to, so the
 //! host that is checked is byte for byte the host that is connected to. `Uri` does not
@@ -23,6 +26,9 @@ pub enum WebhookRefusal {
     /// Scheme/host/port not on the allow-list.
     #[error("sessionWebhook host is not allowed")]
     HostNotAllowed,
+    /// Path not in `dingtalk.webhook_paths`, or the session webhook path without a session.
+    #[error("sessionWebhook path is not allowed")]
+    PathNotAllowed,
     /// `sessionWebhookExpiredTime` has passed.
     #[error("sessionWebhook has expired")]
     Expired,
@@ -33,7 +39,12 @@ pub enum WebhookRefusal {
 pub struct WebhookPolicy {
     /// `(scheme, host, port)` triples; port is the explicit or default one.
     allowed: Vec<(String, String, u16)>,
+    /// Paths a webhook may have, compared byte for byte.
+    paths: Vec<String>,
 }
+
+/// The path of DingTalk's sessionWebhooks; it must carry a `session` parameter.
+pub const SESSION_WEBHOOK_PATH: &str = "/robot/sendBySession";
 
 fn origin(url: &Url) -> Option<(String, String, u16)> {
     Some((
@@ -54,14 +65,47 @@ fn default_port(scheme: &str) -> Option<u16> {
     }
 }
 
+/// The port written in `authority` (credentials already refused): `None` when there is
+/// none; 1 to 5 ASCII digits with a value from 1 to 65535, or the webhook is refused.
+fn explicit_port(authority: &str) -> Result<Option<u16>, WebhookRefusal> {
+    let Some((host, port)) = authority.rsplit_once(':') else {
+        return Ok(None);
+    };
+    if host.starts_with('[') && !host.ends_with(']') {
+        return Ok(None); // the colon is inside an IPv6 literal without a port
+    }
+    if !(1..=5).contains(&port.len()) || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(WebhookRefusal::NotAUrl);
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(Some(p)),
+        _ => Err(WebhookRefusal::NotAUrl),
+    }
+}
+
+/// Whether `query` has a non-empty `session` parameter.
+fn has_session(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        q.split('&')
+            .any(|pair| pair.strip_prefix("session=").is_some_and(|v| !v.is_empty()))
+    })
+}
+
 impl WebhookPolicy {
-    /// Allows `oapi_base` plus `extra` origins (all already validated as URLs).
-    pub fn new<'a>(oapi_base: &'a Url, extra: impl IntoIterator<Item = &'a Url>) -> WebhookPolicy {
+    /// Allows `oapi_base` plus `extra` origins (all already validated as URLs), on `paths`.
+    pub fn new<'a>(
+        oapi_base: &'a Url,
+        extra: impl IntoIterator<Item = &'a Url>,
+        paths: &[String],
+    ) -> WebhookPolicy {
         let allowed = std::iter::once(oapi_base)
             .chain(extra)
             .filter_map(origin)
             .collect();
-        WebhookPolicy { allowed }
+        WebhookPolicy {
+            allowed,
+            paths: paths.to_vec(),
+        }
     }
 
     /// Checks a callback's `sessionWebhook` and its expiry against `now_ms`.
@@ -79,9 +123,10 @@ impl WebhookPolicy {
         if authority.as_str().contains('@') {
             return Err(WebhookRefusal::HostNotAllowed);
         }
-        let port = match authority.port_u16() {
+        // `Uri` keeps the port as written and `port_u16` reads `+80` as 80 and `99999` as
+        // no port (then the connector uses the default one): check the spelling here.
+        let port = match explicit_port(authority.as_str())? {
             Some(p) => p,
-            None if authority.as_str().ends_with(':') => return Err(WebhookRefusal::NotAUrl),
             None => default_port(scheme).ok_or(WebhookRefusal::HostNotAllowed)?,
         };
         let host = authority.host();
@@ -90,6 +135,12 @@ impl WebhookPolicy {
         });
         if !allowed {
             return Err(WebhookRefusal::HostNotAllowed);
+        }
+        let path = uri.path();
+        if !self.paths.iter().any(|p| p == path)
+            || (path == SESSION_WEBHOOK_PATH && !has_session(uri.query()))
+        {
+            return Err(WebhookRefusal::PathNotAllowed);
         }
         if let Some(exp) = expires_at_ms
             && exp <= now_ms
@@ -204,7 +255,11 @@ mod tests {
     fn policy() -> WebhookPolicy {
         let oapi = Url::parse("https://oapi.dingtalk.com").unwrap();
         let extra = Url::parse("http://127.0.0.1:9000").unwrap();
-        WebhookPolicy::new(&oapi, [&extra])
+        WebhookPolicy::new(&oapi, [&extra], &default_paths())
+    }
+
+    fn default_paths() -> Vec<String> {
+        vec![SESSION_WEBHOOK_PATH.to_string()]
     }
 
     #[test]
@@ -227,14 +282,21 @@ mod tests {
             )
             .is_ok()
         );
-        assert!(p.check("http://127.0.0.1:9000/x", None, now).is_ok());
+        assert!(
+            p.check(
+                "http://127.0.0.1:9000/robot/sendBySession?session=a",
+                None,
+                now
+            )
+            .is_ok()
+        );
         for bad in [
             "http://oapi.dingtalk.com/robot/sendBySession",
             "https://oapi.dingtalk.com:8443/robot/sendBySession",
             "https://oapi.dingtalk.com.evil.example/robot/sendBySession",
             "https://evil.example/?https://oapi.dingtalk.com",
             "https://user@oapi.dingtalk.com/robot/sendBySession",
-            "http://127.0.0.1:9001/x",
+            "http://127.0.0.1:9001/robot/sendBySession?session=a",
         ] {
             assert_eq!(
                 p.check(bad, None, now),
@@ -255,7 +317,6 @@ mod tests {
         for ok in [
             "HTTPS://oapi.dingtalk.com/robot/sendBySession?session=a",
             "https://oapi.dingtalk.com/robot/sendBySession?session=a#frag",
-            "https://oapi.dingtalk.com",
         ] {
             assert!(p.check(ok, None, now).is_ok(), "{ok}");
         }
@@ -284,13 +345,124 @@ mod tests {
     fn ipv6_origins_compare_with_brackets() {
         let oapi = Url::parse("https://oapi.dingtalk.com").unwrap();
         let extra = Url::parse("http://[::1]:9000").unwrap();
-        let p = WebhookPolicy::new(&oapi, [&extra]);
+        let p = WebhookPolicy::new(&oapi, [&extra], &default_paths());
+        let hook = "/robot/sendBySession?session=a";
         assert!(
-            p.check("http://[::1]:9000/robot?session=a", None, 0)
+            p.check(&format!("http://[::1]:9000{hook}"), None, 0)
                 .is_ok()
         );
-        assert!(p.check("http://[0:0::1]:9000/robot", None, 0).is_err());
-        assert!(p.check("http://[::1]:9001/robot", None, 0).is_err());
+        assert!(
+            p.check(&format!("http://[0:0::1]:9000{hook}"), None, 0)
+                .is_err()
+        );
+        assert!(
+            p.check(&format!("http://[::1]:9001{hook}"), None, 0)
+                .is_err()
+        );
+    }
+
+    /// Allows `http://127.0.0.1` (port 80) and `http://127.0.0.1:9000`.
+    fn local_policy() -> WebhookPolicy {
+        let oapi = Url::parse("http://127.0.0.1").unwrap();
+        let extra = Url::parse("http://127.0.0.1:9000").unwrap();
+        WebhookPolicy::new(&oapi, [&extra], &default_paths())
+    }
+
+    #[test]
+    fn a_port_is_one_to_five_ascii_digits_up_to_65535() {
+        let p = local_policy();
+        let hook = |port: &str| format!("http://127.0.0.1{port}/robot/sendBySession?session=a");
+        for ok in ["", ":80", ":00080", ":9000", ":09000"] {
+            assert!(p.check(&hook(ok), None, 0).is_ok(), "{ok}");
+        }
+        for bad in [
+            ":99999", ":65616", ":65536", ":abc", ":+80", ":-1", ":", ":0", ":00000", ":000080",
+            ":+9000", ":009000", ":80a", ":0x50", ":1e3", ":8_0", ":٨٠",
+        ] {
+            assert!(p.check(&hook(bad), None, 0).is_err(), "{bad} was accepted");
+        }
+        let v6 = |port: &str| format!("http://[::1]{port}/robot/sendBySession?session=a");
+        let p = WebhookPolicy::new(&Url::parse("http://[::1]").unwrap(), [], &default_paths());
+        assert!(p.check(&v6(""), None, 0).is_ok());
+        assert!(p.check(&v6(":80"), None, 0).is_ok());
+        for bad in [":+80", ":99999", ":", ":abc"] {
+            assert!(
+                p.check(&v6(bad), None, 0).is_err(),
+                "[::1]{bad} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn only_session_webhook_paths_pass() {
+        let p = policy();
+        for ok in [
+            "https://oapi.dingtalk.com/robot/sendBySession?session=a",
+            "https://oapi.dingtalk.com/robot/sendBySession?x=1&session=76da36b4&y",
+        ] {
+            assert!(p.check(ok, None, 0).is_ok(), "{ok}");
+        }
+        for bad in [
+            "https://oapi.dingtalk.com/anything?x",
+            "https://oapi.dingtalk.com/robot/send?access_token=attacker",
+            "https://oapi.dingtalk.com/robot/send?access_token=a&session=b",
+            "https://oapi.dingtalk.com/robot/sendBySession",
+            "https://oapi.dingtalk.com/robot/sendBySession?",
+            "https://oapi.dingtalk.com/robot/sendBySession?session=",
+            "https://oapi.dingtalk.com/robot/sendBySession?session",
+            "https://oapi.dingtalk.com/robot/sendBySession?sessions=a",
+            "https://oapi.dingtalk.com/robot/sendBySession?x=session=a",
+            "https://oapi.dingtalk.com/robot/sendBySession/?session=a",
+            "https://oapi.dingtalk.com/robot/SendBySession?session=a",
+            "https://oapi.dingtalk.com/robot/%73endBySession?session=a",
+            "https://oapi.dingtalk.com/robot/sendBySession;x?session=a",
+            "https://oapi.dingtalk.com//robot/sendBySession?session=a",
+            "https://oapi.dingtalk.com/",
+            "https://oapi.dingtalk.com",
+            "http://127.0.0.1:9000/x",
+        ] {
+            assert_eq!(
+                p.check(bad, None, 0),
+                Err(WebhookRefusal::PathNotAllowed),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn configured_paths_replace_the_default() {
+        let oapi = Url::parse("https://oapi.dingtalk.com").unwrap();
+        let paths = vec!["/robot/sendBySession".to_string(), "/v2/reply".to_string()];
+        let p = WebhookPolicy::new(&oapi, [], &paths);
+        assert!(
+            p.check("https://oapi.dingtalk.com/v2/reply", None, 0)
+                .is_ok()
+        );
+        assert!(
+            p.check("https://oapi.dingtalk.com/v2/reply?t=1", None, 0)
+                .is_ok()
+        );
+        assert!(
+            p.check(
+                "https://oapi.dingtalk.com/robot/sendBySession?session=a",
+                None,
+                0
+            )
+            .is_ok()
+        );
+        for bad in [
+            "https://oapi.dingtalk.com/robot/sendBySession",
+            "https://oapi.dingtalk.com/v2/reply/",
+            "https://oapi.dingtalk.com/v2",
+        ] {
+            assert!(p.check(bad, None, 0).is_err(), "{bad} was accepted");
+        }
+        let only_custom = WebhookPolicy::new(&oapi, [], &paths[1..]);
+        let hook = "https://oapi.dingtalk.com/robot/sendBySession?session=a";
+        assert_eq!(
+            only_custom.check(hook, None, 0),
+            Err(WebhookRefusal::PathNotAllowed)
+        );
     }
 
     #[test]

@@ -15,6 +15,9 @@
 
 use std::time::Duration;
 
+use super::error::ApiError;
+use super::transport::{self, POOL_IDLE, SEND_BY_SESSION, connect_timeout};
+use crate::config::ReplyClientChoice;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::Uri;
@@ -23,10 +26,6 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use serde::Deserialize;
-
-use super::error::ApiError;
-use super::transport::{self, POOL_IDLE, SEND_BY_SESSION, connect_timeout};
 
 /// A sessionWebhook answers `{"errcode":0,"errmsg":"ok"}`; anything far bigger is not one.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -40,19 +39,6 @@ pub const PROXY_VARS: [&str; 6] = [
     "ALL_PROXY",
     "all_proxy",
 ];
-
-/// `dingtalk.reply_client`: which HTTP client POSTs replies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReplyClientChoice {
-    /// The direct client, unless a proxy variable is set (then reqwest).
-    #[default]
-    Auto,
-    /// Always the direct client (never a proxy).
-    Direct,
-    /// Always reqwest (the shared API client, proxy variables honoured).
-    Reqwest,
-}
 
 /// The reply client in use.
 pub enum ReplyHttp {

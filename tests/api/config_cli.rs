@@ -235,3 +235,33 @@ fn demo_runs_the_scripted_tour() {
     }
     assert!(!run.stdout.contains(crate::helpers::SECRET));
 }
+
+#[test]
+fn a_toml_syntax_error_never_echoes_the_secret_line() {
+    // The closing quote is missing: the parser's error points into the secret's line.
+    let file = TempFile::new(&format!(
+        "[dingtalk]\napp_key = \"dingkey\"\napp_secret = \"{FILE_SECRET}\n"
+    ));
+    for command in ["serve", "check"] {
+        let run = run_dingbot(
+            &[command, "--config", file.0.to_str().unwrap()],
+            &[],
+            Duration::from_secs(20),
+        );
+        assert_eq!(run.status.code(), Some(2), "{command}: {}", run.stderr);
+        for shown in [&run.stderr, &run.stdout] {
+            assert!(!shown.contains(FILE_SECRET), "{command} printed: {shown}");
+            // Not even a fragment of the line.
+            assert!(
+                !shown.contains(&FILE_SECRET[..8]),
+                "{command} printed: {shown}"
+            );
+        }
+        assert!(run.stderr.contains("line 3"), "{command}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(file.0.to_str().unwrap()),
+            "{}",
+            run.stderr
+        );
+    }
+}

@@ -217,7 +217,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut TestConfig)) -> TestApp 
     settings.groups.extend(cfg.extra_groups);
     settings.bot.inline_mention = cfg.inline_mention;
     if let Some(n) = cfg.max_in_flight {
-        settings.server.max_in_flight = n;
+        settings.server.max_in_flight = n.try_into().expect("max_in_flight > 0");
     }
     if let Some(ms) = cfg.queue_wait_ms {
         settings.server.queue_wait_ms = ms;
@@ -244,7 +244,7 @@ pub async fn spawn_app_on(sandbox: Sandbox, settings: &Settings) -> TestApp {
 }
 
 async fn launch(sandbox: Sandbox, org: Org, settings: &Settings) -> TestApp {
-    assert_eq!(settings.server.listen, "127.0.0.1:0");
+    assert_eq!(settings.server.listen.to_string(), "127.0.0.1:0");
     let mut settings = settings.clone();
     // The default data dir is relative to the working directory: keep tests out of the repo.
     if settings.storage.data_dir == std::path::Path::new("./data") {

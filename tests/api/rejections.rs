@@ -9,7 +9,8 @@ use dingbot::sandbox::Endpoint;
 use serde_json::json;
 
 use crate::helpers::{
-    Answer, BOUND, Outgoing, TestApp, assert_no_secret, fresh_signature, spawn_app,
+    Answer, BOUND, Outgoing, SECRET, TestApp, assert_no_secret, fresh_signature, spawn_app,
+    spawn_app_from_toml,
 };
 
 /// Runs `refused` (a request about `out` that must be refused) and checks: status and
@@ -621,4 +622,120 @@ async fn wrong_method_and_path_do_not_reach_the_bot() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 404);
     app.assert_no_reply(&out.session).await;
+}
+
+/// A plain TCP listener standing in for an allowed webhook origin: it records whether
+/// anything connected to it at all.
+struct Recorder(std::net::TcpListener);
+
+impl Recorder {
+    fn start() -> Recorder {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        Recorder(listener)
+    }
+
+    fn port(&self) -> u16 {
+        self.0.local_addr().unwrap().port()
+    }
+
+    fn assert_untouched(&self, what: &str) {
+        match self.0.accept() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("{what}: something connected to the recorder: {other:?}"),
+        }
+    }
+}
+
+/// dingbot replying to the sandbox, and also allowed to reply to the recorder's origin and
+/// to `http://127.0.0.1` (port 80).
+async fn spawn_app_allowing(recorder: &Recorder) -> TestApp {
+    let extra = format!("http://127.0.0.1:{}", recorder.port());
+    spawn_app_from_toml(|base| {
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+workers = 1
+[dingtalk]
+app_key = "dingdemoappkey"
+app_secret = "{SECRET}"
+oapi_base = "{base}"
+api_base = "{base}"
+extra_webhook_hosts = ["{extra}", "http://127.0.0.1"]
+[rate_limit]
+per_group_per_minute = 1000
+"#
+        )
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_webhook_with_a_malformed_port_is_refused() {
+    let recorder = Recorder::start();
+    let app = spawn_app_allowing(&recorder).await;
+    let port = recorder.port();
+    let sandbox_port = app.sandbox.local_addr().port();
+    let path = "/robot/sendBySession?session=x";
+    for webhook in [
+        // Spellings a lenient parser reads as the recorder's or the sandbox's port.
+        format!("http://127.0.0.1:+{port}{path}"),
+        format!("http://127.0.0.1:0{port}{path}"),
+        format!("http://127.0.0.1:+{sandbox_port}{path}"),
+        format!("http://127.0.0.1:00{sandbox_port}{path}"),
+        // Spellings that used to fall back to the default port (80, allowed here).
+        format!("http://127.0.0.1:99999{path}"),
+        format!("http://127.0.0.1:65616{path}"),
+        format!("http://127.0.0.1:abc{path}"),
+        format!("http://127.0.0.1:+80{path}"),
+        format!("http://127.0.0.1:-1{path}"),
+        format!("http://127.0.0.1:0{path}"),
+        format!("http://127.0.0.1:{path}"),
+    ] {
+        let out = help(&app);
+        let mut body = out.body.clone();
+        body["sessionWebhook"] = json!(webhook);
+        assert_refused_without_trace(&app, &out, app.post_signed(&body), 400, "webhook_refused")
+            .await;
+        recorder.assert_untouched(&webhook);
+    }
+    assert_eq!(
+        app.sandbox.message_count(),
+        11,
+        "only the honest follow-ups"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_webhook_on_another_path_is_refused() {
+    let recorder = Recorder::start();
+    let app = spawn_app_allowing(&recorder).await;
+    let sandbox = app.sandbox.base_url();
+    let recorded = format!("http://127.0.0.1:{}", recorder.port());
+    for webhook in [
+        format!("{recorded}/anything?x"),
+        format!("{recorded}/robot/send?access_token=attacker0token"),
+        format!("{recorded}/robot/sendBySession/?session=x"),
+        format!("{recorded}/ROBOT/sendBySession?session=x"),
+        format!("{recorded}/robot/%73endBySession?session=x"),
+        format!("{recorded}/robot/sendBySession"),
+        format!("{recorded}/robot/sendBySession?session="),
+        format!("{recorded}/robot/sendBySession?sessionx=1&x=session"),
+        recorded.clone(),
+        format!("{sandbox}/robot/sendBySession"),
+        format!("{sandbox}/robot/sendBySession?session=&other=1"),
+    ] {
+        let out = help(&app);
+        let mut body = out.body.clone();
+        body["sessionWebhook"] = json!(webhook);
+        assert_refused_without_trace(&app, &out, app.post_signed(&body), 400, "webhook_refused")
+            .await;
+        recorder.assert_untouched(&webhook);
+    }
+    assert_eq!(
+        app.sandbox.calls(Endpoint::SendBySession),
+        11,
+        "only the honest follow-ups"
+    );
 }
