@@ -44,6 +44,42 @@ fn fix_for(e: &ApiError) -> &'static str {
     }
 }
 
+/// `dingbot check`'s Redis item: reachable, its version and a PING's round trip (the URL's
+/// password is never shown).
+async fn check_redis(settings: &Settings, out: &mut impl Write) -> anyhow::Result<bool> {
+    let redis = match crate::state::Redis::connect(&settings.state) {
+        Ok(redis) => redis,
+        Err(e) => {
+            writeln!(
+                out,
+                "  FAIL  Redis: {e}\n        fix: set state.redis_url to redis://host:port/db or rediss://…"
+            )?;
+            return Ok(false);
+        }
+    };
+    match redis.ping().await {
+        Ok(ping) => {
+            writeln!(
+                out,
+                "  ok    Redis {} at {}: PING {:.1} ms, keys under {:?}",
+                ping.version,
+                redis.server(),
+                ping.latency.as_secs_f64() * 1000.0,
+                settings.state.key_prefix
+            )?;
+            Ok(true)
+        }
+        Err(reason) => {
+            writeln!(
+                out,
+                "  FAIL  Redis at {}: {reason}\n        fix: start Redis or correct state.redis_url (dingbot would run degraded: budgets and dedupe per replica)",
+                redis.server()
+            )?;
+            Ok(false)
+        }
+    }
+}
+
 /// `dingbot check`: validates `settings` against the real (or configured) DingTalk.
 /// Returns `true` when every item passed.
 pub async fn check(settings: &Settings, out: &mut impl Write) -> anyhow::Result<bool> {
@@ -132,6 +168,9 @@ pub async fn check(settings: &Settings, out: &mut impl Write) -> anyhow::Result<
                 "  FAIL  data dir: {e}\n        fix: make storage.data_dir writable, or restore/remove the corrupt file"
             )?;
         }
+    }
+    if settings.state.backend == crate::config::StateBackend::Redis {
+        ok &= check_redis(settings, out).await?;
     }
     if settings.groups.is_empty() {
         writeln!(

@@ -25,15 +25,17 @@ use url::Url;
 pub const ENV_PREFIX: &str = "DINGBOT_";
 
 /// Keys whose environment values stay strings even when they look like numbers.
-const STRING_KEYS: [&str; 4] = [
+const STRING_KEYS: [&str; 6] = [
     "dingtalk.app_key",
     "dingtalk.app_secret",
+    "state.redis_url",
+    "state.key_prefix",
     "storage.data_dir",
     "bot.templates_dir",
 ];
 
 /// `(key, lowest, highest, note)` of every number with a range.
-const RANGES: [(&str, u64, u64, &str); 12] = [
+const RANGES: [(&str, u64, u64, &str); 15] = [
     ("server.body_limit_bytes", 1024, 16 * 1024 * 1024, ""),
     ("server.max_in_flight", 1, 1_000_000, ""),
     ("server.queue_wait_ms", 0, 10_000, " (0 = refuse at once)"),
@@ -66,6 +68,9 @@ const RANGES: [(&str, u64, u64, &str); 12] = [
         604_800,
         " (0 asks again every time)",
     ),
+    ("state.command_timeout_ms", 10, 10_000, ""),
+    ("state.connect_timeout_ms", 10, 60_000, ""),
+    ("state.lookup_lock_ms", 100, 120_000, ""),
 ];
 
 /// Everything dingbot needs to run, after validation.
@@ -86,6 +91,8 @@ pub struct Settings {
     pub group_info: GroupInfoSettings,
     /// Where dingbot keeps what must survive a restart (`/bind` bindings).
     pub storage: StorageSettings,
+    /// Where admission state, bindings and the group-info cache live (`memory` or `redis`).
+    pub state: StateSettings,
     /// Groups whose legacy `chatid` the admin knows (created through the server API).
     pub groups: Vec<GroupBinding>,
 }
@@ -355,6 +362,50 @@ impl Default for StorageSettings {
     }
 }
 
+/// `state.backend`: where shared state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackend {
+    /// This process's memory: one instance (the default).
+    #[default]
+    Memory,
+    /// A Redis (or Valkey/KeyDB) server shared by every replica.
+    Redis,
+}
+
+/// `[state]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateSettings {
+    /// `memory` (default) or `redis`.
+    pub backend: StateBackend,
+    /// `redis://[user:password@]host:port/db` or `rediss://…` for TLS; required with
+    /// `backend = "redis"`. Secret (it may hold the password): never shown.
+    pub redis_url: SecretString,
+    /// Prefix of every key dingbot writes, so one Redis can serve several bots.
+    pub key_prefix: String,
+    /// Longest wait for one Redis command; past it the callback is decided locally.
+    pub command_timeout_ms: u64,
+    /// Longest wait for a (re)connection to Redis.
+    pub connect_timeout_ms: u64,
+    /// How long one replica's group lookup holds the cross-replica lock (and how long the
+    /// others wait for its result before looking the group up themselves).
+    pub lookup_lock_ms: u64,
+}
+
+impl Default for StateSettings {
+    fn default() -> Self {
+        StateSettings {
+            backend: StateBackend::Memory,
+            redis_url: String::new().into(),
+            key_prefix: "dingbot:".into(),
+            command_timeout_ms: 250,
+            connect_timeout_ms: 1000,
+            lookup_lock_ms: 3000,
+        }
+    }
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -543,6 +594,27 @@ impl Settings {
             let problem = format!("{} is not a directory", dir.display());
             return fail("bot.templates_dir", problem);
         }
+        let state = &self.state;
+        if state.backend == StateBackend::Redis {
+            let url = state.redis_url.expose_secret();
+            if url.trim().is_empty() {
+                let problem = "is required with state.backend = \"redis\", e.g. redis://127.0.0.1:6379/0 (set DINGBOT_STATE__REDIS_URL)";
+                return fail("state.redis_url", problem.into());
+            }
+            match Url::parse(url) {
+                Ok(u) if matches!(u.scheme(), "redis" | "rediss") && u.host_str().is_some() => {}
+                // Never echo the value: it may hold the password.
+                _ => {
+                    let problem =
+                        "must be a redis:// or rediss:// URL with a host (value not shown)";
+                    return fail("state.redis_url", problem.into());
+                }
+            }
+        }
+        if state.key_prefix.is_empty() || state.key_prefix.len() > 64 {
+            let problem = "must be 1 to 64 characters, e.g. dingbot:";
+            return fail("state.key_prefix", problem.into());
+        }
         for (i, g) in self.groups.iter().enumerate() {
             let key = |field: &str| format!("groups[{i}].{field}");
             if g.chatid.trim().is_empty() {
@@ -603,7 +675,7 @@ fn extract(figment: &Figment, env: &[(String, String)]) -> Result<Settings, Conf
                 "is required but missing".to_string()
             }
             // Never echo a value that might be the secret.
-            _ if key.contains("app_secret") => {
+            _ if key.contains("app_secret") || key.contains("redis_url") => {
                 "invalid value (not shown): expected a string".into()
             }
             kind => kind.to_string(),
@@ -767,6 +839,47 @@ app_secret = "s3cret-value"
             vec![InfoSource::SceneGroup, InfoSource::Callback]
         );
         assert_eq!(s.storage.data_dir, PathBuf::from("/tmp/dingbot-x"));
+    }
+
+    #[test]
+    fn state_defaults_to_memory_and_redis_needs_a_url() {
+        let s = Settings::from_toml_str(MINIMAL).unwrap();
+        assert_eq!(s.state.backend, StateBackend::Memory);
+        assert_eq!(s.state.key_prefix, "dingbot:");
+        assert_eq!(s.state.command_timeout_ms, 250);
+        assert_eq!(s.state.connect_timeout_ms, 1000);
+        assert_eq!(s.state.lookup_lock_ms, 3000);
+
+        let e = Settings::from_toml_str(&format!("{MINIMAL}[state]\nbackend = \"redis\"\n"))
+            .unwrap_err();
+        assert_eq!(e.key, "state.redis_url");
+
+        let e = Settings::from_toml_str(&format!(
+            "{MINIMAL}[state]\nbackend = \"redis\"\nredis_url = \"http://:hunter2@x\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "state.redis_url");
+        assert!(!format!("{e} {e:?}").contains("hunter2"), "{e}");
+
+        let s = Settings::load_with_env(
+            None,
+            vec![
+                ("DINGBOT_DINGTALK__APP_KEY".into(), "k".into()),
+                ("DINGBOT_DINGTALK__APP_SECRET".into(), "s".into()),
+                ("DINGBOT_STATE__BACKEND".into(), "redis".into()),
+                (
+                    "DINGBOT_STATE__REDIS_URL".into(),
+                    "rediss://:hunter2@redis.internal:6380/1".into(),
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.state.backend, StateBackend::Redis);
+        assert!(!format!("{s:?}").contains("hunter2"));
+
+        let e = Settings::from_toml_str(&format!("{MINIMAL}[state]\ncommand_timeout_ms = 0\n"))
+            .unwrap_err();
+        assert_eq!(e.key, "state.command_timeout_ms");
     }
 
     #[test]

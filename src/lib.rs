@@ -17,6 +17,8 @@
 //! - [`ratelimit`]: per-group budget on governor's keyed limiter.
 //! - [`seen`]: bounded memory of handled msgIds and used signatures (dedupe, replays).
 //! - [`store`]: the `/bind` bindings on disk (`bindings.json`, atomic writes).
+//! - [`state`]: shared state in Redis for several replicas (connection, health, bindings,
+//!   group-info cache); admission on Redis is `pipeline::redis`.
 //! - [`telemetry`]: logs and Prometheus metrics.
 //! - [`sandbox`]: a fake DingTalk for `demo`, tests and benchmarks.
 //! - [`demo`]: the scripted tour behind `dingbot demo`, and the signed-callback client.
@@ -35,5 +37,6 @@ pub mod render;
 pub mod sandbox;
 pub mod seen;
 pub mod startup;
+pub mod state;
 pub mod store;
 pub mod telemetry;

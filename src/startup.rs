@@ -11,14 +11,18 @@ use actix_web::{App, HttpServer, web};
 use tokio_util::sync::CancellationToken;
 
 use crate::bot::{Bot, BotOptions, GroupDirectory};
-use crate::config::{BaseUrl, Settings};
+use crate::config::{BaseUrl, Settings, StateBackend};
 use crate::dingtalk::transport::http_client;
 use crate::dingtalk::{
     DingTalkClient, ReplyHttp, ReplySender, RetryPolicy, Verifier, WebhookPolicy,
 };
 use crate::http::AppState;
-use crate::pipeline::{MemoryAdmission, MemoryOptions, Parts, Pipeline};
+use crate::pipeline::{
+    AdmissionState, MemoryAdmission, MemoryOptions, Parts, Pipeline, RedisAdmission, RedisOptions,
+};
 use crate::render::Renderer;
+use crate::state::Redis;
+use crate::state::cache::SharedGroups;
 use crate::store::BindingStore;
 
 /// Upper bound on remembered msgIds and on remembered signature pairs (each).
@@ -51,6 +55,9 @@ pub enum StartupError {
     /// The HTTP client cannot be built (TLS roots).
     #[error("cannot build the HTTP client: {0}")]
     Http(String),
+    /// The shared state backend cannot be set up (a bad `state.redis_url`).
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
 }
 
 /// The running service.
@@ -108,13 +115,70 @@ fn webhook_policy(settings: &Settings) -> WebhookPolicy {
 
 /// In-memory admission state for `settings`.
 fn memory_admission(settings: &Settings) -> MemoryAdmission {
+    MemoryAdmission::new(memory_options(settings))
+}
+
+/// The settings of in-memory admission state (also the Redis backend's fallback).
+fn memory_options(settings: &Settings) -> MemoryOptions {
     let dt = &settings.dingtalk;
-    MemoryAdmission::new(MemoryOptions {
+    MemoryOptions {
         capacity: SEEN_CAPACITY,
         window_ms: i64::try_from(dt.max_clock_skew_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
         messages_per_signature: dt.max_messages_per_signature.get(),
         per_group_per_minute: settings.rate_limit.per_group_per_minute,
+    }
+}
+
+/// The Redis backend's parts: admission, and the bot sharing cache and bindings.
+struct SharedParts {
+    admission: Arc<RedisAdmission>,
+    groups: Arc<SharedGroups>,
+}
+
+/// With `state.backend = "redis"`: admission on Redis and the bot's shared cache and
+/// bindings, all on one connection. A Redis that is down now is not an error: the first
+/// callbacks run degraded.
+fn redis_parts(settings: &Settings) -> Result<SharedParts, StartupError> {
+    let redis = Redis::connect(&settings.state)?;
+    tracing::info!(server = redis.server(), prefix = %settings.state.key_prefix, "shared state in Redis");
+    Ok(SharedParts {
+        groups: Arc::new(SharedGroups::new(redis.clone())),
+        admission: Arc::new(RedisAdmission::new(
+            redis,
+            RedisOptions {
+                memory: memory_options(settings),
+            },
+        )),
     })
+}
+
+/// Copies `bindings.json` into Redis (an entry already there wins) and learns every
+/// binding Redis holds; retried every few seconds until Redis answers once.
+async fn share_bindings(
+    shared: Arc<SharedGroups>,
+    store: Arc<BindingStore>,
+    groups: Arc<GroupDirectory>,
+    configured: Vec<String>,
+) {
+    let local = store.all();
+    loop {
+        if shared.is_up()
+            && let Some(imported) = shared.bindings().import(&local).await
+            && let Some(all) = shared.bindings().all().await
+        {
+            if imported > 0 {
+                tracing::info!(imported, file = %store.path().display(), "bindings imported into Redis");
+            }
+            for (cid, binding) in &all {
+                if !configured.contains(cid) {
+                    groups.bind(cid, &binding.chatid);
+                }
+            }
+            tracing::debug!(bindings = all.len(), "bindings read from Redis");
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 impl Application {
@@ -137,15 +201,36 @@ impl Application {
         let renderer = Renderer::new(settings.bot.language, settings.bot.templates_dir.as_deref())?;
         let groups = Arc::new(GroupDirectory::new(&settings.groups));
         let store = Arc::new(BindingStore::open(&settings.storage.data_dir)?);
-        let bot = Arc::new(Bot::new(
+        let mut bot = Bot::new(
             client.clone(),
             renderer,
             groups.clone(),
-            store,
+            store.clone(),
             BotOptions::from_settings(settings),
-        ));
+        );
+        let configured: Vec<String> = (settings.groups.iter())
+            .filter_map(|g| g.open_conversation_id.clone())
+            .collect();
+        let shared = match settings.state.backend {
+            StateBackend::Memory => None,
+            StateBackend::Redis => Some(redis_parts(settings)?),
+        };
+        let admission: Arc<dyn AdmissionState> = match &shared {
+            None => Arc::new(memory_admission(settings)),
+            Some(parts) => {
+                let options = BotOptions::from_settings(settings);
+                bot = bot.with_shared(
+                    parts.groups.clone(),
+                    options.info_ttl,
+                    options.info_max_groups,
+                    configured.clone(),
+                );
+                parts.admission.clone()
+            }
+        };
+        let bot = Arc::new(bot);
         let pipeline = Arc::new(Pipeline::new(Parts {
-            admission: Arc::new(memory_admission(settings)),
+            admission,
             webhooks: webhook_policy(settings),
             bot,
             sender,
@@ -163,12 +248,22 @@ impl Application {
 
         // Learn openConversationIds of [[groups]] without one; then keep admission state
         // and the gauges up to date.
+        // With Redis: the health watch and the bindings' import run beside them.
         let background = tokio::spawn(async move {
-            groups.resolve_pending(&client).await;
-            let mut tick = tokio::time::interval(MAINTENANCE_EVERY);
-            loop {
-                tick.tick().await;
-                pipeline.maintain().await;
+            let upkeep = async {
+                groups.resolve_pending(&client).await;
+                let mut tick = tokio::time::interval(MAINTENANCE_EVERY);
+                loop {
+                    tick.tick().await;
+                    pipeline.maintain().await;
+                }
+            };
+            match shared {
+                None => upkeep.await,
+                Some(parts) => {
+                    let import = share_bindings(parts.groups, store, groups.clone(), configured);
+                    tokio::join!(upkeep, parts.admission.watch(), import);
+                }
             }
         });
         tracing::info!(port, "dingbot listening");

@@ -233,6 +233,22 @@ pub fn cached_groups(n: u64) {
     gauge!("dingbot_cached_groups").set(n as f64);
 }
 
+/// Sets `dingbot_state_backend_up`: 1 while the shared state backend (Redis) answers, 0
+/// while this replica runs degraded on its own memory.
+pub fn state_backend_up(up: bool) {
+    gauge!("dingbot_state_backend_up").set(if up { 1.0 } else { 0.0 });
+}
+
+/// Counts a Redis failure by operation (`admit`, `throttle`, `bind`, `info`, `ping`).
+pub fn state_error(operation: &'static str) {
+    counter!("dingbot_state_errors_total", "operation" => operation).increment(1);
+}
+
+/// Counts callbacks decided from this replica's memory because Redis was down or slow.
+pub fn state_degraded_decision() {
+    counter!("dingbot_state_degraded_decisions_total").increment(1);
+}
+
 /// Sets how many msgIds and signature pairs are remembered (dedupe and replay defence).
 pub fn remembered(set: &'static str, n: usize) {
     gauge!("dingbot_remembered_entries", "set" => set).set(n as f64);

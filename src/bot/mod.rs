@@ -23,6 +23,7 @@ use crate::config::{InfoSource, Settings};
 use crate::dingtalk::outbound::MarkdownHead;
 use crate::dingtalk::{ApiError, Body, Callback, ConversationKind, DingTalkClient, ErrorKind};
 use crate::render::{Rendered, Renderer, Template, escape_markdown};
+use crate::state::cache::{Lock, SharedGroups};
 use crate::store::{Binding, BindingStore};
 use crate::telemetry;
 pub use command::Command;
@@ -85,6 +86,22 @@ pub struct Bot {
     /// openConversationId → merged summary, shared by concurrent lookups (single flight);
     /// None = disabled.
     info_cache: Option<moka::future::Cache<String, Arc<Looked>>>,
+    /// The group-info cache and bindings shared by replicas (Redis backend); None = this
+    /// process alone.
+    shared: Option<Shared>,
+}
+
+/// How long a replica keeps its own copy of a summary when replicas share the cache: a
+/// `/bind` elsewhere reaches this replica's answers within this time.
+const LOCAL_TTL_WHEN_SHARED: Duration = Duration::from_secs(5);
+
+/// The bot's view of the shared state.
+struct Shared {
+    groups: Arc<SharedGroups>,
+    /// `bot.info_cache_ttl_secs`: how long a summary stays in the shared cache.
+    ttl: Duration,
+    /// openConversationIds placed by `[[groups]]`: a stored binding never overrides them.
+    configured: Vec<String>,
 }
 
 /// A resolved group summary and, once rendered, its `/info` reply: the reply depends on
@@ -346,7 +363,99 @@ impl Bot {
             admin_user_ids: options.admin_user_ids,
             inline_mention: options.inline_mention,
             info_cache,
+            shared: None,
         }
+    }
+
+    /// Shares the group-info cache and the bindings with other replicas through `groups`
+    /// (Redis). This replica's own cache then keeps a summary at most 5 s (the shared one
+    /// keeps it for `info_ttl`), so a `/bind` on another replica is seen within that time.
+    /// `configured` are the groups `[[groups]]` places (they win over stored bindings).
+    pub fn with_shared(
+        mut self,
+        groups: Arc<SharedGroups>,
+        info_ttl: Duration,
+        info_max_groups: u64,
+        configured: Vec<String>,
+    ) -> Bot {
+        if !info_ttl.is_zero() {
+            self.info_cache = Some(
+                moka::future::Cache::builder()
+                    .max_capacity(info_max_groups)
+                    .time_to_live(info_ttl.min(LOCAL_TTL_WHEN_SHARED))
+                    .build(),
+            );
+        }
+        self.shared = Some(Shared {
+            groups,
+            ttl: info_ttl,
+            configured,
+        });
+        self
+    }
+
+    /// Records a binding read from the shared store unless `[[groups]]` places the group.
+    fn learn_binding(&self, shared: &Shared, cid: &str, binding: &Binding) {
+        if shared.configured.iter().any(|c| c == cid) {
+            return;
+        }
+        if self.groups.known_chatid(cid).as_deref() != Some(binding.chatid.as_str()) {
+            self.groups.bind(cid, &binding.chatid);
+        }
+    }
+
+    /// One lookup of a group: from the shared cache when another replica has it, else one
+    /// resolver run for all replicas (the shared lock), else a local run.
+    async fn lookup(
+        &self,
+        conversation_id: &str,
+        title: Option<&str>,
+    ) -> Result<Arc<Looked>, ApiError> {
+        let resolve = || async {
+            self.resolver
+                .resolve(conversation_id, title)
+                .await
+                .map(Looked::new)
+        };
+        let Some(shared) = &self.shared else {
+            return resolve().await;
+        };
+        let decode = |bytes: Vec<u8>| serde_json::from_slice::<GroupSummary>(&bytes).ok();
+        let Some(known) = shared.groups.known(conversation_id).await else {
+            return resolve().await;
+        };
+        if let Some(binding) = &known.binding {
+            self.learn_binding(shared, conversation_id, binding);
+        }
+        if shared.ttl.is_zero() {
+            return resolve().await;
+        }
+        if let Some(summary) = known.summary.and_then(decode) {
+            return Ok(Looked::new(summary));
+        }
+        let token = match shared.groups.lock(conversation_id).await {
+            Lock::Acquired(token) => Some(token),
+            Lock::Held => {
+                if let Some(summary) = shared.groups.wait(conversation_id).await.and_then(decode) {
+                    return Ok(Looked::new(summary));
+                }
+                None
+            }
+            Lock::Unavailable => None,
+        };
+        let looked = resolve().await;
+        if let Ok(looked) = &looked
+            && let Ok(bytes) = serde_json::to_vec(&looked.summary)
+        {
+            shared
+                .groups
+                .store(conversation_id, &bytes, shared.ttl)
+                .await;
+        }
+        if let Some(token) = token {
+            shared.groups.unlock(conversation_id, &token).await;
+        }
+        looked
     }
 
     /// The summary of a group: from the cache, or one resolver run shared by every
@@ -357,22 +466,13 @@ impl Bot {
         title: Option<&str>,
     ) -> Result<Arc<Looked>, ApiError> {
         let Some(cache) = &self.info_cache else {
-            return self
-                .resolver
-                .resolve(conversation_id, title)
-                .await
-                .map(Looked::new);
+            return self.lookup(conversation_id, title).await;
         };
         // A hit was looked for by the caller; another caller may have filled it since,
         // in which case `try_get_with` returns it without resolving.
         telemetry::cache("group_info", false);
         cache
-            .try_get_with_by_ref(conversation_id, async {
-                self.resolver
-                    .resolve(conversation_id, title)
-                    .await
-                    .map(Looked::new)
-            })
+            .try_get_with_by_ref(conversation_id, self.lookup(conversation_id, title))
             .await
             .map_err(|e| (*e).clone())
     }
@@ -566,7 +666,13 @@ impl Bot {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
         };
-        if let Err(e) = self.store.put(&cid, binding).await {
+        if let Some(shared) = &self.shared {
+            if !shared.groups.bindings().put(&cid, &binding).await {
+                tracing::error!("bind: cannot store the binding in Redis");
+                return reply("store_failed", None);
+            }
+            shared.groups.forget(&cid).await;
+        } else if let Err(e) = self.store.put(&cid, binding).await {
             tracing::error!(error = %e, "bind: cannot store the binding");
             return reply("store_failed", None);
         }

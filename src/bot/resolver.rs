@@ -24,7 +24,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::groups::GroupDirectory;
 use crate::config::InfoSource;
@@ -102,6 +102,72 @@ pub enum Missing {
     NotReported,
 }
 
+/// [`Missing`] as read back from a shared cache, with owned names.
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum StoredMissing {
+    NoChatid,
+    NotSceneGroup,
+    NotCreatedByApp,
+    Denied {
+        api: String,
+        scope: String,
+    },
+    UnknownUser,
+    Disabled {
+        source: String,
+    },
+    Failed {
+        api: String,
+        code: String,
+        message: String,
+    },
+    NotReported,
+}
+
+/// An API path or source name: one of the static names (anything else does not parse,
+/// and the cached entry is then not used).
+fn known_name(name: &str) -> Result<&'static str, String> {
+    [Api::ChatGet, Api::SceneGroup, Api::BaseInfo, Api::UserGet]
+        .map(Api::path)
+        .into_iter()
+        .chain(InfoSource::ALL.map(InfoSource::name))
+        .find(|known| *known == name)
+        .ok_or_else(|| format!("unknown API or source {name:?}"))
+}
+
+impl<'de> Deserialize<'de> for Missing {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Missing, D::Error> {
+        Missing::try_from(StoredMissing::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl TryFrom<StoredMissing> for Missing {
+    type Error = String;
+
+    fn try_from(m: StoredMissing) -> Result<Missing, String> {
+        Ok(match m {
+            StoredMissing::NoChatid => Missing::NoChatid,
+            StoredMissing::NotSceneGroup => Missing::NotSceneGroup,
+            StoredMissing::NotCreatedByApp => Missing::NotCreatedByApp,
+            StoredMissing::Denied { api, scope } => Missing::Denied {
+                api: known_name(&api)?,
+                scope,
+            },
+            StoredMissing::UnknownUser => Missing::UnknownUser,
+            StoredMissing::Disabled { source } => Missing::Disabled {
+                source: known_name(&source)?,
+            },
+            StoredMissing::Failed { api, code, message } => Missing::Failed {
+                api: known_name(&api)?,
+                code,
+                message,
+            },
+            StoredMissing::NotReported => Missing::NotReported,
+        })
+    }
+}
+
 impl Missing {
     /// From a non-fatal failure.
     fn failed(api: Api, e: &ApiError) -> Missing {
@@ -153,7 +219,7 @@ pub fn classify(api: Api, e: &ApiError) -> Verdict {
 }
 
 /// The six settings of a group; `None` where DingTalk did not say.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Flags {
     /// 全员禁言
     pub muted: Option<bool>,
@@ -217,7 +283,7 @@ impl Flags {
 }
 
 /// Which source gave each field.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Provenance {
     /// Of [`GroupSummary::name`].
     pub name: Option<InfoSource>,
@@ -254,7 +320,7 @@ impl Field {
 }
 
 /// Everything learned about one group, merged from the sources.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupSummary {
     /// Group name.
     pub name: Option<String>,

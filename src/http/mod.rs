@@ -25,11 +25,28 @@ async fn healthz() -> HttpResponse {
 }
 
 /// Readiness: configuration loaded and an access token can be had (cached).
+/// With a shared backend (Redis), `state` tells whether shared state is in use: a replica
+/// running degraded on its own memory is still ready (it answers), and says so. The
+/// memory backend's answer is unchanged.
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    match state.readiness().await {
-        Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
-        Err(reason) => HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({"status": "not_ready", "reason": reason})),
+    let backend = state.pipeline.backend_status();
+    let (mut body, ready) = match state.readiness().await {
+        Ok(()) => (serde_json::json!({"status": "ready"}), true),
+        Err(reason) => (
+            serde_json::json!({"status": "not_ready", "reason": reason}),
+            false,
+        ),
+    };
+    if backend.backend != "memory" {
+        body["state"] = serde_json::json!({
+            "backend": backend.backend,
+            "shared": if backend.up { "up" } else { "degraded" },
+        });
+    }
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
     }
 }
 

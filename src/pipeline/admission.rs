@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use crate::ratelimit::{Decision, GroupLimiter};
 use crate::seen::{KeyOnly, Seen, SeenSet};
+pub use crate::state::BackendStatus;
 
 /// What admission needs to know about one callback. Nothing in it is DingTalk JSON.
 #[derive(Debug, Clone, Copy)]
@@ -124,6 +125,11 @@ pub trait AdmissionState: Send + Sync + 'static {
 
     /// The sizes now, without upkeep.
     fn remembered(&self) -> Remembered;
+
+    /// Which backend this is and whether its shared state is in use now (`/readyz`).
+    fn status(&self) -> BackendStatus {
+        BackendStatus::MEMORY
+    }
 }
 
 /// Settings of the in-memory backend.

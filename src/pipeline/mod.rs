@@ -16,6 +16,7 @@
 //! Nothing here sees HTTP request types or DingTalk error codes.
 
 pub mod admission;
+pub mod redis;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,8 +28,10 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use admission::{
-    AdmissionState, MemoryAdmission, MemoryOptions, Remembered, SignedPair, Ticket, Verdict,
+    AdmissionState, BackendStatus, MemoryAdmission, MemoryOptions, Remembered, SignedPair, Ticket,
+    Verdict,
 };
+pub use redis::{RedisAdmission, RedisOptions};
 
 use crate::bot::{Bot, Task};
 use crate::dingtalk::{Callback, Delivery, ReplySender, WebhookPolicy, WebhookRefusal};
@@ -290,6 +293,11 @@ impl Pipeline {
     /// What admission remembers now.
     pub fn remembered(&self) -> Remembered {
         self.admission.remembered()
+    }
+
+    /// The admission backend and whether its shared state is in use (`/readyz`).
+    pub fn backend_status(&self) -> BackendStatus {
+        self.admission.status()
     }
 
     /// The reply sender (its client name is reported by `check` and tests).
