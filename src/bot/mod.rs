@@ -23,7 +23,7 @@ use crate::config::{InfoSource, Settings};
 use crate::dingtalk::outbound::MarkdownHead;
 use crate::dingtalk::{ApiError, Body, Callback, ConversationKind, DingTalkClient, ErrorKind};
 use crate::render::{Rendered, Renderer, Template, escape_markdown};
-use crate::state::cache::{Lock, SharedGroups};
+use crate::state::cache::{SharedGroups, Summary};
 use crate::store::{Binding, BindingStore};
 use crate::telemetry;
 pub use command::Command;
@@ -421,27 +421,29 @@ impl Bot {
             return resolve().await;
         };
         let decode = |bytes: Vec<u8>| serde_json::from_slice::<GroupSummary>(&bytes).ok();
-        let Some(known) = shared.groups.known(conversation_id).await else {
+        let Some(claim) = shared
+            .groups
+            .claim(conversation_id, !shared.ttl.is_zero())
+            .await
+        else {
             return resolve().await;
         };
-        if let Some(binding) = &known.binding {
+        if let Some(binding) = &claim.binding {
             self.learn_binding(shared, conversation_id, binding);
         }
-        if shared.ttl.is_zero() {
-            return resolve().await;
-        }
-        if let Some(summary) = known.summary.and_then(decode) {
-            return Ok(Looked::new(summary));
-        }
-        let token = match shared.groups.lock(conversation_id).await {
-            Lock::Acquired(token) => Some(token),
-            Lock::Held => {
+        let token = match claim.summary {
+            Summary::Uncached => return resolve().await,
+            Summary::Cached(bytes) => match decode(bytes) {
+                Some(summary) => return Ok(Looked::new(summary)),
+                None => None,
+            },
+            Summary::Acquired(token) => Some(token),
+            Summary::Held => {
                 if let Some(summary) = shared.groups.wait(conversation_id).await.and_then(decode) {
                     return Ok(Looked::new(summary));
                 }
                 None
             }
-            Lock::Unavailable => None,
         };
         let looked = resolve().await;
         if let Ok(looked) = &looked

@@ -55,6 +55,10 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     crate::telemetry::prometheus();
     crate::telemetry::tracked_groups(state.pipeline.remembered().groups);
     crate::telemetry::callbacks_in_flight(state.callbacks_in_flight());
+    let backend = state.pipeline.backend_status();
+    if backend.backend != "memory" {
+        crate::telemetry::state_backend_up(backend.up);
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(crate::telemetry::render_metrics())

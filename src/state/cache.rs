@@ -3,7 +3,8 @@
 //! A summary looked up by one replica is stored as bytes under `<prefix>info:<cid>` for
 //! `bot.info_cache_ttl_secs` and reused by the others. Concurrent lookups of one cold group
 //! across replicas share one DingTalk call: the first takes a short lock
-//! (`SET <prefix>lock:<cid> <token> NX PX state.lookup_lock_ms`), the others poll for its
+//! (`SET <prefix>lock:<cid> <token> NX PX state.lookup_lock_ms`, in the same script that
+//! found the summary missing), the others poll for its
 //! result until the lock time is over and then look the group up themselves (a lost or
 //! slow lock holder costs one extra lookup, never an answer). The bytes are opaque here:
 //! the bot serializes its summary.
@@ -28,24 +29,47 @@ end
 return 0
 ";
 
-/// What Redis knows about a group, read in one round trip.
-#[derive(Debug, Default)]
-pub struct Known {
-    /// The cached summary's bytes.
-    pub summary: Option<Vec<u8>>,
+/// The binding, then the cached summary, else the lookup lock, in one atomic call (so a
+/// lookup that finishes between a miss and the lock is never repeated).
+///
+/// KEYS: summary, lock, bindings hash. ARGV: token, lock ms (0 = no caching: binding
+/// only), openConversationId. Returns `{code, summary, binding}` (`''` when absent):
+/// 1 cached, 2 lock acquired, 3 lock held, 4 no caching.
+const CLAIM: &str = r"
+local b = redis.call('HGET', KEYS[3], ARGV[3]) or ''
+if ARGV[2] == '0' then
+  return {4, '', b}
+end
+local v = redis.call('GET', KEYS[1])
+if v then
+  return {1, v, b}
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {2, '', b}
+end
+return {3, '', b}
+";
+
+/// What Redis says about a group, read in one round trip.
+#[derive(Debug)]
+pub struct Claim {
     /// The group's `/bind` binding.
     pub binding: Option<Binding>,
+    /// What to do about its summary.
+    pub summary: Summary,
 }
 
-/// The outcome of asking for the lookup lock.
+/// The shared cache's answer for a summary.
 #[derive(Debug)]
-pub enum Lock {
-    /// Ours: look the group up, store it, then unlock with this token.
+pub enum Summary {
+    /// Another replica looked it up: these bytes.
+    Cached(Vec<u8>),
+    /// Ours to look up: store the result, then unlock with this token.
     Acquired(String),
-    /// Another replica is looking it up.
+    /// Another replica is looking it up: [`SharedGroups::wait`] for it.
     Held,
-    /// Redis is down: look it up locally.
-    Unavailable,
+    /// Not cached (caching off): look it up.
+    Uncached,
 }
 
 /// The shared cache and bindings, as the bot uses them.
@@ -54,6 +78,7 @@ pub struct SharedGroups {
     redis: Arc<Redis>,
     bindings: SharedBindings,
     unlock: redis::Script,
+    claim: redis::Script,
 }
 
 impl SharedGroups {
@@ -63,6 +88,7 @@ impl SharedGroups {
             bindings: SharedBindings::new(redis.clone()),
             redis,
             unlock: redis::Script::new(UNLOCK),
+            claim: redis::Script::new(CLAIM),
         }
     }
 
@@ -76,21 +102,38 @@ impl SharedGroups {
         &self.bindings
     }
 
-    /// The cached summary and the binding of `cid`, in one round trip; None while Redis
-    /// is down.
-    pub async fn known(&self, cid: &str) -> Option<Known> {
+    /// The binding of `cid` and its cached summary, or the lookup lock, in one round trip;
+    /// None while Redis is down. `cache` false: the binding only.
+    pub async fn claim(&self, cid: &str, cache: bool) -> Option<Claim> {
         if !self.redis.is_up() {
             return None;
         }
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let lock_ms = if cache {
+            u64::try_from(self.redis.lookup_lock().as_millis()).unwrap_or(u64::MAX)
+        } else {
+            0
+        };
+        let mut call = self.claim.key(self.redis.key("info", cid));
+        call.key(self.redis.key("lock", cid))
+            .key(self.bindings.key())
+            .arg(&token)
+            .arg(lock_ms)
+            .arg(cid);
         let mut conn = self.redis.conn();
-        let mut pipe = redis::pipe();
-        pipe.get(self.redis.key("info", cid))
-            .hget(self.bindings.key(), cid);
-        let (summary, binding): (Option<Vec<u8>>, Option<String>) =
-            self.redis.run("info", pipe.query_async(&mut conn)).await?;
-        Some(Known {
+        let (code, bytes, binding): (i64, Vec<u8>, String) =
+            self.redis.run("info", call.invoke_async(&mut conn)).await?;
+        let summary = match code {
+            1 => Summary::Cached(bytes),
+            2 => Summary::Acquired(token),
+            3 => Summary::Held,
+            _ => Summary::Uncached,
+        };
+        Some(Claim {
+            binding: (!binding.is_empty())
+                .then(|| bindings::parse(&binding))
+                .flatten(),
             summary,
-            binding: binding.as_deref().and_then(bindings::parse),
         })
     }
 
@@ -113,28 +156,6 @@ impl SharedGroups {
         let mut conn = self.redis.conn();
         let key = self.redis.key("info", cid);
         let _: Option<()> = self.redis.run("info", conn.del(key)).await;
-    }
-
-    /// Asks for the lookup lock of `cid`.
-    pub async fn lock(&self, cid: &str) -> Lock {
-        if !self.redis.is_up() {
-            return Lock::Unavailable;
-        }
-        let token = uuid::Uuid::new_v4().simple().to_string();
-        let ms = u64::try_from(self.redis.lookup_lock().as_millis()).unwrap_or(u64::MAX);
-        let mut conn = self.redis.conn();
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.redis.key("lock", cid))
-            .arg(&token)
-            .arg("NX")
-            .arg("PX")
-            .arg(ms);
-        let set = cmd.query_async::<Option<String>>(&mut conn);
-        match self.redis.run("info", set).await {
-            Some(Some(_)) => Lock::Acquired(token),
-            Some(None) => Lock::Held,
-            None => Lock::Unavailable,
-        }
     }
 
     /// Releases our lock.

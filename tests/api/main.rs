@@ -18,5 +18,6 @@ mod overload;
 mod ratelimit;
 mod rejections;
 mod rendering;
+mod replicas;
 mod throttle;
 mod token;
