@@ -704,6 +704,31 @@ for npol in by_kind.get("NetworkPolicy", []):
     check(ok_in, f"k8s: NetworkPolicy admits port {port}")
 PY
 
+# ---------------------------------------------------------------- several replicas (Redis)
+# deploy/compose.yaml, deploy/compose/ and deploy/k8s-replicas/: real parsers and the
+# invariants of shared state (.ci/check-replicas.py); the compose Caddyfile validated and
+# adapted by Caddy itself.
+REPLICAS_CADDY_JSON=""
+if command -v caddy >/dev/null 2>&1; then
+  rc=0
+  (cd "$CADDY" && XDG_DATA_HOME="$CADDY/xdg" XDG_CONFIG_HOME="$CADDY/xdg" HOME="$CADDY" \
+    timeout 60 caddy validate --adapter caddyfile --config "$DEPLOY/compose/Caddyfile") >"$CADDY/replicas.out" 2>&1 || rc=$?
+  if [[ $rc -eq 0 ]]; then ok "caddy validate deploy/compose/Caddyfile"; else
+    fail "caddy validate deploy/compose/Caddyfile (exit $rc):"; tail -n 15 "$CADDY/replicas.out" | sed 's/^/    /'; fi
+  if caddy fmt "$DEPLOY/compose/Caddyfile" 2>/dev/null | diff -q - "$DEPLOY/compose/Caddyfile" >/dev/null; then
+    ok "caddy fmt: compose/Caddyfile is formatted"
+  else
+    fail "caddy fmt: compose/Caddyfile is not formatted (run: caddy fmt --overwrite deploy/compose/Caddyfile)"
+  fi
+  if (cd "$CADDY" && HOME="$CADDY" timeout 30 caddy adapt --adapter caddyfile \
+    --config "$DEPLOY/compose/Caddyfile") >"$CADDY/replicas.json" 2>/dev/null; then
+    REPLICAS_CADDY_JSON="$CADDY/replicas.json"
+  else
+    fail "caddy adapt deploy/compose/Caddyfile failed"
+  fi
+fi
+pycheck "$DEPLOY" ${REPLICAS_CADDY_JSON:+"$REPLICAS_CADDY_JSON"} <"$ROOT/.ci/check-replicas.py"
+
 # ---------------------------------------------------------------- cross-file consistency
 pycheck "$DEPLOY" <<'PY'
 import sys, tomllib, re, os
