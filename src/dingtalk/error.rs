@@ -34,6 +34,15 @@ pub enum ApiError {
         /// HTTP status of the answer.
         status: u16,
     },
+    /// Refused before sending: an argument cannot be put into the request as it is (e.g. a
+    /// chatid that would change the URL path). Nothing reached DingTalk.
+    #[error("{endpoint}: refused to send an invalid {what}")]
+    InvalidInput {
+        /// Which API.
+        endpoint: &'static str,
+        /// Which argument.
+        what: &'static str,
+    },
     /// Legacy host: HTTP 200 with a non-zero `errcode`.
     #[error("{endpoint}: errcode {errcode} ({errmsg})")]
     DingTalk {
@@ -68,6 +77,7 @@ impl ApiError {
         match self {
             ApiError::Transport { endpoint, .. }
             | ApiError::BadBody { endpoint, .. }
+            | ApiError::InvalidInput { endpoint, .. }
             | ApiError::DingTalk { endpoint, .. }
             | ApiError::Http { endpoint, .. } => endpoint,
         }
@@ -77,6 +87,7 @@ impl ApiError {
     pub fn is_transient(&self) -> bool {
         match self {
             ApiError::Transport { .. } | ApiError::BadBody { .. } => true,
+            ApiError::InvalidInput { .. } => false,
             ApiError::DingTalk { errcode, .. } => TRANSIENT_ERRCODES.contains(errcode),
             ApiError::Http { status, code, .. } => {
                 *status >= 500 || *status == 429 || code.contains("Throttling")
@@ -90,6 +101,7 @@ impl ApiError {
     pub fn surely_not_delivered(&self) -> bool {
         match self {
             ApiError::Transport { connect, .. } => *connect,
+            ApiError::InvalidInput { .. } => true,
             ApiError::BadBody { status, .. } => *status >= 500 || *status == 429,
             ApiError::DingTalk { errcode, .. } => TRANSIENT_ERRCODES.contains(errcode),
             ApiError::Http { status, .. } => *status >= 500 || *status == 429,
@@ -124,6 +136,7 @@ impl ApiError {
             ApiError::Transport { timeout: true, .. } => "timeout".into(),
             ApiError::Transport { .. } => "transport".into(),
             ApiError::BadBody { .. } => "bad_body".into(),
+            ApiError::InvalidInput { .. } => "invalid_input".into(),
             ApiError::DingTalk { errcode, .. } => errcode.to_string(),
             ApiError::Http { status, .. } => format!("http_{status}"),
         }
