@@ -93,7 +93,7 @@ impl<'de, T: FromLoose> Deserialize<'de> for Loose<T> {
 /// Every field is [`Loose`]: a field of an unexpected type never fails the request
 /// (DingTalk does not redeliver robot messages, so a refused callback is a lost command).
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
+#[serde(remote = "Self", default, rename_all = "camelCase")]
 pub struct RobotMessage {
     /// `text`, `richText`, `picture`, … (an open set).
     pub msgtype: Loose<String>,
@@ -126,6 +126,27 @@ pub struct RobotMessage {
     pub create_at: Loose<i64>,
     /// The robot's code (newer payloads). Not used by dingbot.
     pub robot_code: Loose<String>,
+}
+
+impl<'de> Deserialize<'de> for RobotMessage {
+    /// Only a JSON object is a callback body (the derived code alone would also take an
+    /// array, field by field, now that every field takes any value).
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> serde::de::Visitor<'de> for Object {
+            type Value = RobotMessage;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RobotMessage, A::Error> {
+                RobotMessage::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Object)
+    }
 }
 
 /// An epoch time below this is in seconds, not milliseconds: 10^11 ms is March 1973,
@@ -415,6 +436,16 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(cb.kind, ConversationKind::OneToOne);
+    }
+
+    #[test]
+    fn only_an_object_is_a_callback() {
+        for json in [r#"[{"msgId":"m"}]"#, r#""text""#, "1", "null"] {
+            assert!(
+                serde_json::from_str::<RobotMessage>(json).is_err(),
+                "{json}"
+            );
+        }
     }
 
     #[test]
