@@ -14,20 +14,15 @@ use crate::telemetry;
 /// shape dingbot cannot use. An odd value never fails the body; [`RobotMessage::validate`]
 /// decides whether the field is needed (then the callback is invalid) or not (then it is
 /// ignored, logged at debug level and counted in `dingbot_callback_odd_fields_total`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Loose<T> {
     /// Not sent, or `null`.
+    #[default]
     Absent,
     /// A usable value.
     Value(T),
     /// Sent, but in a shape dingbot cannot use (a number where text belongs, an object …).
     Odd,
-}
-
-impl<T> Default for Loose<T> {
-    fn default() -> Self {
-        Loose::Absent
-    }
 }
 
 impl<T> Loose<T> {

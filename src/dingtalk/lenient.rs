@@ -34,23 +34,24 @@ where
 struct NumberVisitor<T>(PhantomData<T>);
 
 impl<T: Integer> NumberVisitor<T> {
-    fn from_i64<E: de::Error>(&self, v: i64) -> Result<Option<T>, E> {
+    fn of_i64<E: de::Error>(&self, v: i64) -> Result<Option<T>, E> {
         T::try_from(v)
             .map(Some)
             .map_err(|_| E::invalid_value(Unexpected::Signed(v), self))
     }
 
-    fn from_u64<E: de::Error>(&self, v: u64) -> Result<Option<T>, E> {
+    fn of_u64<E: de::Error>(&self, v: u64) -> Result<Option<T>, E> {
         T::try_from(v)
             .map(Some)
             .map_err(|_| E::invalid_value(Unexpected::Unsigned(v), self))
     }
 
-    fn from_f64<E: de::Error>(&self, v: f64) -> Result<Option<T>, E> {
-        // Integral and inside i64 (2^63 is exactly representable; the cast saturates).
-        if v.is_finite() && v.fract() == 0.0 && v.abs() < 9.223_372_036_854_775_807e18 {
+    fn of_f64<E: de::Error>(&self, v: f64) -> Result<Option<T>, E> {
+        // Integral and inside i64 (±2^63 is exactly representable as f64).
+        const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+        if v.is_finite() && v.fract() == 0.0 && v.abs() < LIMIT {
             #[allow(clippy::cast_possible_truncation)]
-            return self.from_i64(v as i64);
+            return self.of_i64(v as i64);
         }
         Err(E::invalid_value(Unexpected::Float(v), self))
     }
@@ -64,15 +65,15 @@ impl<'de, T: Integer> Visitor<'de> for NumberVisitor<T> {
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Option<T>, E> {
-        self.from_i64(v)
+        self.of_i64(v)
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Option<T>, E> {
-        self.from_u64(v)
+        self.of_u64(v)
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Option<T>, E> {
-        self.from_f64(v)
+        self.of_f64(v)
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<T>, E> {
@@ -85,7 +86,7 @@ impl<'de, T: Integer> Visitor<'de> for NumberVisitor<T> {
         }
         match s.parse::<f64>() {
             // "1.0", "1e3": integral values written as floats.
-            Ok(f) if f.is_finite() => self.from_f64(f),
+            Ok(f) if f.is_finite() => self.of_f64(f),
             _ => Err(E::invalid_value(Unexpected::Str(v), &self)),
         }
     }
