@@ -43,7 +43,9 @@ impl SignedCallback {
                 "isAdmin": false,
                 "senderStaffId": "16650000698",
                 "sessionWebhookExpiredTime": now + 5_400_000,
-                "createAt": now,
+                // DingTalk's field table types it String (its examples use a number, as
+                // the fixtures in tests/fixtures do): both shapes reach dingbot.
+                "createAt": now.to_string(),
                 "conversationType": "2",
                 "senderId": "$:LWCP_v1:$sender",
                 "conversationTitle": title,
@@ -53,6 +55,39 @@ impl SignedCallback {
                 "msgtype": "text",
             }),
         }
+    }
+
+    /// A group rich-text message in `conversation_id`: one text segment per line of
+    /// `lines` and a picture after the first, with no `"\n"` segments between them, as in
+    /// DingTalk's official example.
+    pub fn group_rich_text(
+        conversation_id: &str,
+        title: &str,
+        lines: &[&str],
+        msg_id: &str,
+        webhook: &str,
+    ) -> SignedCallback {
+        let mut segments = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            segments.push(serde_json::json!({ "text": line }));
+            if i == 0 {
+                segments.push(serde_json::json!({
+                    "pictureDownloadCode": "pdcSandbox0001",
+                    "downloadCode": "dcSandbox0001",
+                    "type": "picture",
+                }));
+            }
+        }
+        let mut cb = SignedCallback::group_text(conversation_id, title, "", msg_id, webhook);
+        if let Some(body) = cb.body.as_object_mut() {
+            body.remove("text");
+            body.insert("msgtype".into(), "richText".into());
+            body.insert(
+                "content".into(),
+                serde_json::json!({ "richText": segments }),
+            );
+        }
+        cb
     }
 
     /// POSTs the callback signed with `secret` at the current time. Like DingTalk, every

@@ -248,18 +248,6 @@ struct BindView<'a> {
     error: Option<ErrorView>,
 }
 
-/// Longest chatid `/bind` accepts.
-const MAX_CHATID: usize = 128;
-
-/// A chatid as DingTalk writes them: `chat` and hex, in practice; be a little lenient.
-fn plausible_chatid(chatid: &str) -> bool {
-    !chatid.is_empty()
-        && chatid.len() <= MAX_CHATID
-        && chatid
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '=' | '+' | '.'))
-}
-
 /// Context of `info_error.md.j2`.
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct ErrorView {
@@ -293,6 +281,7 @@ impl ErrorView {
             ErrorKind::NotSceneGroup
             | ErrorKind::UnknownUser
             | ErrorKind::SendTooFast
+            | ErrorKind::InvalidInput
             | ErrorKind::Other => ErrorKind::Other,
             kind => kind,
         };
@@ -420,7 +409,8 @@ impl Bot {
         let text = match &cb.body {
             Body::Text(t) => t,
             Body::Other(kind) => {
-                tracing::debug!(msgtype = %kind, "non-text message");
+                // `msgtype` is the sender's to choose: logged escaped (Debug), never as raw text.
+                tracing::debug!(msgtype = ?kind, "non-text message");
                 telemetry::command("not_text");
                 return self.renderer.render(Template::NotText, &()).into();
             }
@@ -528,7 +518,9 @@ impl Bot {
         if chatid.is_empty() {
             return reply("usage", None);
         }
-        if !plausible_chatid(chatid) {
+        // The chatid becomes a URL path segment of the conversion call: `.`, `..`, `/` or
+        // `%` would change the path the token is sent to.
+        if !crate::dingtalk::client::valid_chatid(chatid) {
             return reply("invalid", None);
         }
         let listed = cb
@@ -547,6 +539,9 @@ impl Bot {
             Ok(Ok(cid)) => cid,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "bind: chatid conversion failed");
+                if e.kind() == ErrorKind::InvalidInput {
+                    return reply("invalid", None);
+                }
                 let unknown = e.kind() == ErrorKind::BadChatid;
                 if unknown {
                     return reply("unknown_chatid", None);
@@ -575,7 +570,104 @@ impl Bot {
         if let Some(cache) = &self.info_cache {
             cache.invalidate(&cid).await;
         }
-        tracing::info!(conversation_id = %cid, "group bound");
+        tracing::info!(conversation_id = ?cid, "group bound");
         reply("ok", None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::config::Language;
+    use crate::dingtalk::RetryPolicy;
+
+    /// A log sink the test reads back.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_forged_msgtype_cannot_forge_log_lines() {
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let forged = "x\n2026-01-01T00:00:00Z ERROR forged…\x1b[2J";
+        let body = serde_json::json!({
+            "msgId": "m", "conversationId": "cid", "conversationType": forged,
+            "sessionWebhook": "https://oapi.dingtalk.com/robot/sendBySession?session=s",
+            "msgtype": forged, "createAt": forged, "conversationTitle": "群",
+        });
+        let cb = serde_json::from_value::<crate::dingtalk::RobotMessage>(body)
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(cb.body, Body::Other(forged.to_string()));
+
+        let dir = std::env::temp_dir().join(format!("dingbot-bot-log-{}", std::process::id()));
+        let http = crate::dingtalk::transport::http_client(Duration::from_secs(1)).unwrap();
+        let client = Arc::new(DingTalkClient::new(
+            http,
+            "http://127.0.0.1:9",
+            "http://127.0.0.1:9",
+            "k",
+            "s".to_string().into(),
+            RetryPolicy::default(),
+        ));
+        let bot = Bot::new(
+            client,
+            Renderer::new(Language::Zh, None).unwrap(),
+            Arc::new(GroupDirectory::new(&[])),
+            Arc::new(BindingStore::open(&dir).unwrap()),
+            BotOptions {
+                lookup_deadline: Duration::from_secs(1),
+                info_ttl: Duration::ZERO,
+                info_max_groups: 10,
+                sources: Vec::new(),
+                denied_backoff: Duration::ZERO,
+                admin_user_ids: Vec::new(),
+                inline_mention: false,
+            },
+        );
+        let reply = bot.respond(&cb, Task::Answer).await;
+        drop(reply);
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let logged = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        assert!(logged.contains("non-text message"), "{logged}");
+        assert!(
+            logged.contains("callback field has an unexpected shape"),
+            "{logged}"
+        );
+        assert!(
+            !logged.contains('\x1b'),
+            "raw escape byte logged: {logged:?}"
+        );
+        // Four events, four lines; the forged text stays inside its own line, escaped.
+        assert_eq!(logged.lines().count(), 4, "{logged:?}");
+        for line in logged.lines() {
+            assert!(!line.starts_with("2026-01-01T00:00:00Z"), "{logged:?}");
+        }
+        assert!(logged.contains(r#"msgtype="x\n2026-01-01"#), "{logged:?}");
     }
 }

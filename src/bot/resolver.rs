@@ -4,7 +4,7 @@
 //! | source | needs | gives |
 //! |---|---|---|
 //! | `chat_get` | a chatid (`[[groups]]` or `/bind`) | everything |
-//! | `scene_group` | the group is a scene group of this app | name, owner, settings |
+//! | `scene_group` | the group is a scene group of this app | name, owner, settings, member count (when DingTalk includes `member_amount`) |
 //! | `base_info` | — | name, member count |
 //! | `callback` | — (no API call) | name |
 //!
@@ -248,7 +248,11 @@ impl Field {
         match self {
             Field::Name => &InfoSource::ALL,
             Field::Owner | Field::Flags => &[InfoSource::ChatGet, InfoSource::SceneGroup],
-            Field::MemberCount => &[InfoSource::ChatGet, InfoSource::BaseInfo],
+            Field::MemberCount => &[
+                InfoSource::ChatGet,
+                InfoSource::SceneGroup,
+                InfoSource::BaseInfo,
+            ],
         }
     }
 }
@@ -372,7 +376,8 @@ impl GroupSummary {
         let s = InfoSource::ChatGet;
         self.set_name(&c.name, s);
         self.set_owner(&c.owner, s);
-        self.set_member_count(Some(c.useridlist.len()), s);
+        // Staff and external members (`extidlist`) alike.
+        self.set_member_count(Some(c.member_count()), s);
         self.set_flags(Flags::from_chat(c), s);
         self.dissolved |= c.status == Some(2);
     }
@@ -382,6 +387,8 @@ impl GroupSummary {
         let s = InfoSource::SceneGroup;
         self.set_name(&g.title, s);
         self.set_owner(&g.owner_staff_id, s);
+        let count = g.member_amount.and_then(|n| usize::try_from(n).ok());
+        self.set_member_count(count, s);
         self.set_flags(Flags::from_options(&g.management_options), s);
     }
 
@@ -723,6 +730,45 @@ mod tests {
     }
 
     #[test]
+    fn scene_group_flags_as_strings_are_read_as_settings() {
+        // The official example's shape: every flag a string, member_amount a number.
+        let g: SceneGroupInfo = serde_json::from_str(
+            r#"{"title":"t","owner_staff_id":"o","member_amount":12,"management_options":
+            {"chat_banned_type":"0","searchable":"1","validation_type":"1",
+             "mention_all_authority":"0","management_type":"1","show_history_type":"0"}}"#,
+        )
+        .unwrap();
+        let mut s = GroupSummary::default();
+        s.merge_scene(&g);
+        assert_eq!(
+            s.flags,
+            Some(Flags {
+                muted: Some(false),
+                searchable: Some(true),
+                join_needs_approval: Some(true),
+                mention_all_admins_only: Some(false),
+                management_admins_only: Some(true),
+                new_members_see_history: Some(false),
+            })
+        );
+        assert_eq!(s.member_count, Some(12));
+        assert_eq!(s.from.member_count, Some(InfoSource::SceneGroup));
+    }
+
+    #[test]
+    fn chat_get_counts_external_members() {
+        let c: ChatInfo = serde_json::from_str(
+            r#"{"name":"n","owner":"o","useridlist":["a","b","c"],"extidlist":["x","y"],
+            "chatBannedType":"1","status":"1"}"#,
+        )
+        .unwrap();
+        let mut s = GroupSummary::default();
+        s.merge_chat(&c);
+        assert_eq!(s.member_count, Some(5));
+        assert_eq!(s.flags.and_then(|f| f.muted), Some(true));
+    }
+
+    #[test]
     fn earlier_sources_win_and_provenance_is_kept() {
         let mut s = GroupSummary::default();
         s.merge_base(&GroupBaseInfo {
@@ -787,11 +833,16 @@ mod tests {
                 source: "base_info",
             },
         );
-        assert_eq!(s.why(Field::Owner), vec![Missing::NoChatid, no_read]);
+        assert_eq!(
+            s.why(Field::Owner),
+            vec![Missing::NoChatid, no_read.clone()]
+        );
+        // scenegroup/get's member_amount could have given the count too.
         assert_eq!(
             s.why(Field::MemberCount),
             vec![
                 Missing::NoChatid,
+                no_read,
                 Missing::Disabled {
                     source: "base_info"
                 }
@@ -852,6 +903,12 @@ mod tests {
         assert_eq!(s.name.as_deref(), Some("项目群·发布"));
         assert_eq!(s.owner_name.as_deref(), Some("陈思远"));
         assert_eq!(s.flags.as_ref().and_then(|f| f.searchable), Some(true));
+        // The count from `member_amount`: no baseInfos call needed.
+        assert_eq!(s.member_count, Some(8));
+        assert_eq!(s.from.member_count, Some(InfoSource::SceneGroup));
+        // A scene group whose answer has no member_amount (and integer flags).
+        let s = r.resolve("cidScene0002==", None).await.unwrap();
+        assert_eq!(s.flags.as_ref().and_then(|f| f.muted), Some(true));
         assert_eq!(s.member_count, None);
         assert_eq!(
             s.why(Field::MemberCount),
@@ -871,7 +928,7 @@ mod tests {
                 Some(&(InfoSource::SceneGroup, Missing::NotSceneGroup))
             );
         }
-        assert_eq!(sbx.calls(Endpoint::SceneGroupGet), 2);
+        assert_eq!(sbx.calls(Endpoint::SceneGroupGet), 3);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,6 +40,8 @@ pub enum ErrorKind {
     Slow,
     /// No usable answer (connection failed, unreadable body).
     Unavailable,
+    /// dingbot refused to send a value that cannot be put into the request as it is.
+    InvalidInput,
     /// Anything else; the errcode and message are in the error.
     Other,
 }
@@ -60,6 +62,7 @@ impl ErrorKind {
             ErrorKind::Busy => "busy",
             ErrorKind::Slow => "slow",
             ErrorKind::Unavailable => "unavailable",
+            ErrorKind::InvalidInput => "invalid_input",
             ErrorKind::Other => "other",
         }
     }
@@ -88,6 +91,15 @@ pub enum ApiError {
         endpoint: &'static str,
         /// HTTP status of the answer.
         status: u16,
+    },
+    /// Refused before sending: an argument cannot be put into the request as it is (e.g. a
+    /// chatid that would change the URL path). Nothing reached DingTalk.
+    #[error("{endpoint}: refused to send an invalid {what}")]
+    InvalidInput {
+        /// Which API.
+        endpoint: &'static str,
+        /// Which argument.
+        what: &'static str,
     },
     /// Legacy host: HTTP 200 with a non-zero `errcode`.
     #[error("{endpoint}: errcode {errcode} ({errmsg})")]
@@ -123,6 +135,7 @@ impl ApiError {
         match self {
             ApiError::Transport { endpoint, .. }
             | ApiError::BadBody { endpoint, .. }
+            | ApiError::InvalidInput { endpoint, .. }
             | ApiError::DingTalk { endpoint, .. }
             | ApiError::Http { endpoint, .. } => endpoint,
         }
@@ -132,6 +145,7 @@ impl ApiError {
     pub fn is_transient(&self) -> bool {
         match self {
             ApiError::Transport { .. } | ApiError::BadBody { .. } => true,
+            ApiError::InvalidInput { .. } => false,
             ApiError::DingTalk { errcode, .. } => TRANSIENT_ERRCODES.contains(errcode),
             ApiError::Http { status, code, .. } => {
                 *status >= 500 || *status == 429 || code.contains("Throttling")
@@ -145,6 +159,7 @@ impl ApiError {
     pub fn surely_not_delivered(&self) -> bool {
         match self {
             ApiError::Transport { connect, .. } => *connect,
+            ApiError::InvalidInput { .. } => true,
             ApiError::BadBody { status, .. } => *status >= 500 || *status == 429,
             ApiError::DingTalk { errcode, .. } => TRANSIENT_ERRCODES.contains(errcode),
             ApiError::Http { status, .. } => *status >= 500 || *status == 429,
@@ -178,6 +193,7 @@ impl ApiError {
         match self {
             ApiError::Transport { timeout: true, .. } => ErrorKind::Slow,
             ApiError::Transport { .. } | ApiError::BadBody { .. } => ErrorKind::Unavailable,
+            ApiError::InvalidInput { .. } => ErrorKind::InvalidInput,
             ApiError::DingTalk {
                 endpoint, errcode, ..
             } => match (*endpoint, *errcode) {
@@ -284,6 +300,7 @@ impl ApiError {
             ApiError::Transport { timeout: true, .. } => "timeout".into(),
             ApiError::Transport { .. } => "transport".into(),
             ApiError::BadBody { .. } => "bad_body".into(),
+            ApiError::InvalidInput { .. } => "invalid_input".into(),
             ApiError::DingTalk { errcode, .. } => errcode.to_string(),
             ApiError::Http { status, .. } => format!("http_{status}"),
         }

@@ -10,6 +10,7 @@
 pub mod client;
 pub mod error;
 pub mod inbound;
+pub mod lenient;
 pub mod outbound;
 pub mod reply_http;
 pub mod sender;

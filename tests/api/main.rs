@@ -18,5 +18,6 @@ mod overload;
 mod ratelimit;
 mod rejections;
 mod rendering;
+mod shapes;
 mod throttle;
 mod token;
