@@ -29,7 +29,7 @@ use serde::Serialize;
 use super::groups::GroupDirectory;
 use crate::config::InfoSource;
 use crate::dingtalk::client::{ChatInfo, GroupBaseInfo, ManagementOptions, SceneGroupInfo};
-use crate::dingtalk::{ApiError, DingTalkClient, ErrorKind};
+use crate::dingtalk::{ApiError, DingTalkClient, Endpoint, ErrorKind};
 
 /// How long an owner's display name is reused.
 const NAME_TTL: Duration = Duration::from_secs(3600);
@@ -39,31 +39,6 @@ const NAME_CAPACITY: u64 = 10_000;
 const REFUSAL_CAPACITY: u64 = 20_000;
 /// Longest DingTalk message quoted in a reply.
 const MAX_QUOTED: usize = 100;
-
-/// The DingTalk APIs the resolver calls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Api {
-    /// `GET /chat/get`
-    ChatGet,
-    /// `POST /topapi/im/chat/scenegroup/get`
-    SceneGroup,
-    /// `POST /v1.0/im/groups/baseInfos/query`
-    BaseInfo,
-    /// `POST /topapi/v2/user/get`
-    UserGet,
-}
-
-impl Api {
-    /// The API as named in replies and logs.
-    pub fn path(self) -> &'static str {
-        match self {
-            Api::ChatGet => "chat/get",
-            Api::SceneGroup => "scenegroup/get",
-            Api::BaseInfo => "groups/baseInfos/query",
-            Api::UserGet => "user/get",
-        }
-    }
-}
 
 /// Why a source told us nothing (serialised for the templates, `kind` first).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -104,10 +79,10 @@ pub enum Missing {
 
 impl Missing {
     /// From a non-fatal failure.
-    fn failed(api: Api, e: &ApiError) -> Missing {
+    fn failed(api: Endpoint, e: &ApiError) -> Missing {
         let (code, message) = e.code_and_message();
         Missing::Failed {
-            api: api.path(),
+            api: api.label(),
             code,
             message: message.chars().take(MAX_QUOTED).collect(),
         }
@@ -126,7 +101,7 @@ pub enum Verdict {
 }
 
 /// Classifies a failure of `api` (pure; the rules are in the module docs).
-pub fn classify(api: Api, e: &ApiError) -> Verdict {
+pub fn classify(api: Endpoint, e: &ApiError) -> Verdict {
     if e.is_token_call() {
         return Verdict::Fatal;
     }
@@ -138,16 +113,18 @@ pub fn classify(api: Api, e: &ApiError) -> Verdict {
         | ErrorKind::Unavailable
         | ErrorKind::CorpMissing => Verdict::Fatal,
         ErrorKind::NoPermission => Verdict::Refused(Missing::Denied {
-            api: api.path(),
+            api: api.label(),
             scope: e
                 .missing_scope()
                 .unwrap_or_else(|| e.documented_scope().to_string()),
         }),
-        ErrorKind::NotSceneGroup if api == Api::SceneGroup => {
+        ErrorKind::NotSceneGroup if api == Endpoint::SceneGroupGet => {
             Verdict::Refused(Missing::NotSceneGroup)
         }
-        ErrorKind::UnknownUser if api == Api::UserGet => Verdict::Refused(Missing::UnknownUser),
-        _ if api == Api::ChatGet => Verdict::Fatal,
+        ErrorKind::UnknownUser if api == Endpoint::UserGet => {
+            Verdict::Refused(Missing::UnknownUser)
+        }
+        _ if api == Endpoint::ChatGet => Verdict::Fatal,
         _ => Verdict::Failed(Missing::failed(api, e)),
     }
 }
@@ -415,7 +392,7 @@ pub struct Resolver {
     groups: Arc<GroupDirectory>,
     sources: Vec<InfoSource>,
     /// (API, group or user) → why it refused; None when the back-off is 0.
-    refusals: Option<moka::sync::Cache<(Api, String), Missing>>,
+    refusals: Option<moka::sync::Cache<(Endpoint, String), Missing>>,
     /// userid → display name; concurrent lookups of one user share one `user/get`.
     names: moka::future::Cache<String, Arc<str>>,
 }
@@ -458,7 +435,11 @@ impl Resolver {
     /// Forgets every refusal about one group (after `/bind` changed what can be asked).
     pub fn forget_refusals(&self, open_conversation_id: &str) {
         if let Some(cache) = &self.refusals {
-            for api in [Api::ChatGet, Api::SceneGroup, Api::BaseInfo] {
+            for api in [
+                Endpoint::ChatGet,
+                Endpoint::SceneGroupGet,
+                Endpoint::GroupBaseInfos,
+            ] {
                 cache.invalidate(&(api, open_conversation_id.to_string()));
             }
         }
@@ -497,7 +478,7 @@ impl Resolver {
                         continue;
                     };
                     match self
-                        .ask(Api::ChatGet, cid, self.client.chat_get(&chatid))
+                        .ask(Endpoint::ChatGet, cid, self.client.chat_get(&chatid))
                         .await?
                     {
                         Ok(info) => s.merge_chat(&info),
@@ -506,7 +487,11 @@ impl Resolver {
                 }
                 InfoSource::SceneGroup => {
                     match self
-                        .ask(Api::SceneGroup, cid, self.client.scene_group_get(cid))
+                        .ask(
+                            Endpoint::SceneGroupGet,
+                            cid,
+                            self.client.scene_group_get(cid),
+                        )
                         .await?
                     {
                         Ok(info) => s.merge_scene(&info),
@@ -515,7 +500,11 @@ impl Resolver {
                 }
                 InfoSource::BaseInfo => {
                     match self
-                        .ask(Api::BaseInfo, cid, self.client.group_base_info(cid))
+                        .ask(
+                            Endpoint::GroupBaseInfos,
+                            cid,
+                            self.client.group_base_info(cid),
+                        )
                         .await?
                     {
                         Ok(info) => s.merge_base(&info),
@@ -543,7 +532,7 @@ impl Resolver {
     /// Runs `call` unless `api` refused `key` within the back-off; classifies failures.
     async fn ask<T>(
         &self,
-        api: Api,
+        api: Endpoint,
         key: &str,
         call: impl Future<Output = Result<T, ApiError>>,
     ) -> Result<Result<T, Missing>, ApiError> {
@@ -551,7 +540,7 @@ impl Resolver {
         if let Some(cache) = &self.refusals
             && let Some(m) = cache.get(&cache_key)
         {
-            tracing::debug!(api = api.path(), "source skipped: refused recently");
+            tracing::debug!(api = api.label(), "source skipped: refused recently");
             return Ok(Err(m));
         }
         let err = match call.await {
@@ -561,14 +550,14 @@ impl Resolver {
         match classify(api, &err) {
             Verdict::Fatal => Err(err),
             Verdict::Refused(m) => {
-                tracing::info!(api = api.path(), error = %err, "source refused; not asking again for a while");
+                tracing::info!(api = api.label(), error = %err, "source refused; not asking again for a while");
                 if let Some(cache) = &self.refusals {
                     cache.insert(cache_key, m.clone());
                 }
                 Ok(Err(m))
             }
             Verdict::Failed(m) => {
-                tracing::warn!(api = api.path(), error = %err, "source failed");
+                tracing::warn!(api = api.label(), error = %err, "source failed");
                 Ok(Err(m))
             }
         }
@@ -589,12 +578,12 @@ impl Resolver {
                         Err(e) => Err(e),
                     }
                 };
-                match self.ask(Api::UserGet, userid, call).await {
+                match self.ask(Endpoint::UserGet, userid, call).await {
                     Ok(Ok(name)) => Ok(Arc::<str>::from(name)),
                     Ok(Err(m)) => Err(m),
                     Err(fatal) => {
                         tracing::warn!(error = %fatal, "owner name unavailable");
-                        Err(Missing::failed(Api::UserGet, &fatal))
+                        Err(Missing::failed(Endpoint::UserGet, &fatal))
                     }
                 }
             })
@@ -609,7 +598,7 @@ mod tests {
     use crate::dingtalk::RetryPolicy;
     use crate::sandbox::{Endpoint, Fault, Org, Sandbox};
 
-    fn dt(endpoint: &'static str, errcode: i64, sub: Option<&str>) -> ApiError {
+    fn dt(endpoint: Endpoint, errcode: i64, sub: Option<&str>) -> ApiError {
         ApiError::DingTalk {
             endpoint,
             errcode,
@@ -618,7 +607,7 @@ mod tests {
         }
     }
 
-    fn http(endpoint: &'static str, status: u16, code: &str, scopes: &[&str]) -> ApiError {
+    fn http(endpoint: Endpoint, status: u16, code: &str, scopes: &[&str]) -> ApiError {
         ApiError::Http {
             endpoint,
             status,
@@ -628,64 +617,76 @@ mod tests {
         }
     }
 
-    fn denied(api: Api, scope: &str) -> Verdict {
+    fn denied(api: Endpoint, scope: &str) -> Verdict {
         Verdict::Refused(Missing::Denied {
-            api: api.path(),
+            api: api.label(),
             scope: scope.into(),
         })
     }
 
     #[test]
     fn refusals_fatal_errors_and_failures_are_told_apart() {
-        use Api::*;
+        use Endpoint::*;
         // Permissions: named, remembered.
         assert_eq!(
-            classify(ChatGet, &dt("chat/get", 43007, None)),
+            classify(ChatGet, &dt(ChatGet, 43007, None)),
             denied(ChatGet, "qyapi_chat_read")
         );
         assert_eq!(
-            classify(SceneGroup, &dt("scenegroup/get", 88, Some("60011"))),
-            denied(SceneGroup, "qyapi_chat_read")
+            classify(SceneGroupGet, &dt(SceneGroupGet, 88, Some("60011"))),
+            denied(SceneGroupGet, "qyapi_chat_read")
         );
         assert_eq!(
             classify(
-                BaseInfo,
+                GroupBaseInfos,
                 &http(
-                    "baseInfos/query",
+                    GroupBaseInfos,
                     403,
                     "Forbidden.AccessDenied",
                     &["qyapi_im_read"]
                 )
             ),
-            denied(BaseInfo, "qyapi_im_read")
+            denied(GroupBaseInfos, "qyapi_im_read")
         );
         assert_eq!(
-            classify(UserGet, &dt("user/get", 88, Some("60011"))),
+            classify(UserGet, &dt(UserGet, 88, Some("60011"))),
             denied(UserGet, "qyapi_get_member")
         );
         // Not a scene group, unknown user.
         for code in [400020, 40035] {
             assert_eq!(
-                classify(SceneGroup, &dt("scenegroup/get", code, None)),
+                classify(SceneGroupGet, &dt(SceneGroupGet, code, None)),
                 Verdict::Refused(Missing::NotSceneGroup)
             );
         }
         assert_eq!(
-            classify(UserGet, &dt("user/get", 60121, None)),
+            classify(UserGet, &dt(UserGet, 60121, None)),
             Verdict::Refused(Missing::UnknownUser)
         );
         // DingTalk unusable, or the admin's chatid wrong: the whole lookup fails.
-        for api in [ChatGet, SceneGroup, BaseInfo, UserGet] {
-            assert_eq!(classify(api, &dt("x", -1, None)), Verdict::Fatal);
-            assert_eq!(classify(api, &dt("x", 90018, None)), Verdict::Fatal);
-            assert_eq!(classify(api, &dt("x", 40014, None)), Verdict::Fatal);
-            assert_eq!(classify(api, &dt("gettoken", 40089, None)), Verdict::Fatal);
-            assert_eq!(classify(api, &dt("x", 70001, None)), Verdict::Fatal);
+        for api in [ChatGet, SceneGroupGet, GroupBaseInfos, UserGet] {
+            assert_eq!(
+                classify(api, &dt(SceneGroupQueryDetail, -1, None)),
+                Verdict::Fatal
+            );
+            assert_eq!(
+                classify(api, &dt(SceneGroupQueryDetail, 90018, None)),
+                Verdict::Fatal
+            );
+            assert_eq!(
+                classify(api, &dt(SceneGroupQueryDetail, 40014, None)),
+                Verdict::Fatal
+            );
+            assert_eq!(classify(api, &dt(GetToken, 40089, None)), Verdict::Fatal);
+            assert_eq!(
+                classify(api, &dt(SceneGroupQueryDetail, 70001, None)),
+                Verdict::Fatal
+            );
             assert_eq!(
                 classify(
                     api,
                     &ApiError::Transport {
-                        endpoint: "x",
+                        endpoint: Endpoint::SceneGroupQueryDetail,
                         detail: String::new(),
                         timeout: true,
                         connect: false
@@ -693,17 +694,17 @@ mod tests {
                 ),
                 Verdict::Fatal
             );
-            assert_eq!(classify(api, &http("x", 503, "", &[])), Verdict::Fatal);
+            assert_eq!(
+                classify(api, &http(SceneGroupQueryDetail, 503, "", &[])),
+                Verdict::Fatal
+            );
         }
-        assert_eq!(
-            classify(ChatGet, &dt("chat/get", 40016, None)),
-            Verdict::Fatal
-        );
+        assert_eq!(classify(ChatGet, &dt(ChatGet, 40016, None)), Verdict::Fatal);
         // Anything else from a secondary source concerns only that source.
         assert_eq!(
             classify(
-                BaseInfo,
-                &http("baseInfos/query", 400, "invalidParameter", &[])
+                GroupBaseInfos,
+                &http(GroupBaseInfos, 400, "invalidParameter", &[])
             ),
             Verdict::Failed(Missing::Failed {
                 api: "groups/baseInfos/query",
@@ -712,7 +713,7 @@ mod tests {
             })
         );
         assert!(matches!(
-            classify(SceneGroup, &dt("scenegroup/get", 400001, None)),
+            classify(SceneGroupGet, &dt(SceneGroupGet, 400001, None)),
             Verdict::Failed(_)
         ));
     }

@@ -15,6 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use super::endpoint::Endpoint;
 use super::error::ApiError;
 use super::lenient;
 use super::transport::{self, DEFAULT_PARALLEL_REQUESTS, RetryPolicy};
@@ -258,7 +259,9 @@ impl DingTalkClient {
         if let Some(t) = self.cached_token() {
             return Ok(t);
         }
-        let token = self.with_retries("gettoken", || self.fetch_token()).await?;
+        let token = self
+            .with_retries(Endpoint::GetToken, || self.fetch_token())
+            .await?;
         Ok(token)
     }
 
@@ -290,10 +293,10 @@ impl DingTalkClient {
             ("appkey", self.app_key.as_str()),
             ("appsecret", self.app_secret.expose_secret()),
         ]);
-        let answer: TokenAnswer = self.send_oapi("gettoken", req).await?;
+        let answer: TokenAnswer = self.send_oapi(Endpoint::GetToken, req).await?;
         if answer.access_token.is_empty() {
             return Err(ApiError::BadBody {
-                endpoint: "gettoken",
+                endpoint: Endpoint::GetToken,
                 status: 200,
             });
         }
@@ -317,13 +320,13 @@ impl DingTalkClient {
             chat_info: ChatInfo,
         }
         let answer: Answer = self
-            .with_token("chat/get", |token| {
+            .with_token(Endpoint::ChatGet, |token| {
                 let url = format!("{}/chat/get", self.oapi);
                 let req = self
                     .http
                     .get(url)
                     .query(&[("access_token", token), ("chatid", chatid)]);
-                self.send_oapi("chat/get", req)
+                self.send_oapi(Endpoint::ChatGet, req)
             })
             .await?;
         Ok(answer.chat_info)
@@ -338,7 +341,7 @@ impl DingTalkClient {
         struct Answer {
             open_conversation_id: String,
         }
-        const ENDPOINT: &str = "convertToOpenConversationId";
+        const ENDPOINT: Endpoint = Endpoint::ConvertToOpenConversationId;
         if !valid_chatid(chatid) {
             return Err(ApiError::InvalidInput {
                 endpoint: ENDPOINT,
@@ -377,14 +380,14 @@ impl DingTalkClient {
         }
         let body = serde_json::json!({ "open_conversation_id": open_conversation_id });
         let answer: Answer = self
-            .with_token("scenegroup/get", |token| {
+            .with_token(Endpoint::SceneGroupGet, |token| {
                 let url = format!("{}/topapi/im/chat/scenegroup/get", self.oapi);
                 let req = self
                     .http
                     .post(url)
                     .query(&[("access_token", token)])
                     .json(&body);
-                self.send_oapi("scenegroup/get", req)
+                self.send_oapi(Endpoint::SceneGroupGet, req)
             })
             .await?;
         Ok(answer.result)
@@ -404,14 +407,14 @@ impl DingTalkClient {
         let url = format!("{}/v1.0/im/groups/baseInfos/query", self.api);
         let body = serde_json::json!({ "openConversationId": open_conversation_id });
         let answer: Answer = self
-            .with_token("baseInfos/query", |token| {
+            .with_token(Endpoint::GroupBaseInfos, |token| {
                 let req = self
                     .http
                     .post(url.as_str())
                     .header(ACS_TOKEN, token)
                     .header(reqwest::header::ACCEPT, JSON)
                     .json(&body);
-                self.send_api("baseInfos/query", req)
+                self.send_api(Endpoint::GroupBaseInfos, req)
             })
             .await?;
         Ok(answer.result)
@@ -432,21 +435,21 @@ impl DingTalkClient {
         }
         let body = serde_json::json!({ "userid": userid });
         let answer: Answer = self
-            .with_token("user/get", |token| {
+            .with_token(Endpoint::UserGet, |token| {
                 let url = format!("{}/topapi/v2/user/get", self.oapi);
                 let req = self
                     .http
                     .post(url)
                     .query(&[("access_token", token)])
                     .json(&body);
-                self.send_oapi("user/get", req)
+                self.send_oapi(Endpoint::UserGet, req)
             })
             .await?;
         Ok(answer.result.name)
     }
 
     /// Runs `call` with a token; on an invalid-token answer drops it and tries once more.
-    async fn with_token<T, F, Fut>(&self, endpoint: &'static str, call: F) -> Result<T, ApiError>
+    async fn with_token<T, F, Fut>(&self, endpoint: Endpoint, call: F) -> Result<T, ApiError>
     where
         F: Fn(&str) -> Fut,
         Fut: Future<Output = Result<T, ApiError>>,
@@ -454,7 +457,10 @@ impl DingTalkClient {
         let token = self.access_token().await?;
         match self.with_retries(endpoint, || call(&token)).await {
             Err(e) if e.is_invalid_token() => {
-                tracing::warn!(endpoint, "access token refused; fetching a new one");
+                tracing::warn!(
+                    endpoint = endpoint.label(),
+                    "access token refused; fetching a new one"
+                );
                 self.invalidate(&token);
                 let token = self.access_token().await?;
                 self.with_retries(endpoint, || call(&token)).await
@@ -464,7 +470,7 @@ impl DingTalkClient {
     }
 
     /// Retries transient failures with exponential backoff and jitter inside the deadline.
-    async fn with_retries<T, F, Fut>(&self, endpoint: &'static str, call: F) -> Result<T, ApiError>
+    async fn with_retries<T, F, Fut>(&self, endpoint: Endpoint, call: F) -> Result<T, ApiError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, ApiError>>,
@@ -476,7 +482,7 @@ impl DingTalkClient {
     /// Retries failures for which `retryable` holds, with backoff inside the deadline.
     async fn with_retries_if<T, F, Fut>(
         &self,
-        endpoint: &'static str,
+        endpoint: Endpoint,
         retryable: fn(&ApiError) -> bool,
         call: F,
     ) -> Result<T, ApiError>
@@ -490,7 +496,7 @@ impl DingTalkClient {
     /// Sends a legacy-host request: HTTP 200 with `errcode` 0 is success.
     async fn send_oapi<T: DeserializeOwned>(
         &self,
-        endpoint: &'static str,
+        endpoint: Endpoint,
         req: reqwest::RequestBuilder,
     ) -> Result<T, ApiError> {
         let started = Instant::now();
@@ -501,7 +507,7 @@ impl DingTalkClient {
 
     async fn send_oapi_inner<T: DeserializeOwned>(
         &self,
-        endpoint: &'static str,
+        endpoint: Endpoint,
         req: reqwest::RequestBuilder,
     ) -> Result<T, ApiError> {
         let (status, body) = self.send(endpoint, req).await?;
@@ -511,7 +517,7 @@ impl DingTalkClient {
     /// Sends a new-host request: 2xx with a JSON body is success, 4xx/5xx carries `code`.
     async fn send_api<T: DeserializeOwned>(
         &self,
-        endpoint: &'static str,
+        endpoint: Endpoint,
         req: reqwest::RequestBuilder,
     ) -> Result<T, ApiError> {
         let started = Instant::now();
@@ -522,7 +528,7 @@ impl DingTalkClient {
 
     async fn send_api_inner<T: DeserializeOwned>(
         &self,
-        endpoint: &'static str,
+        endpoint: Endpoint,
         req: reqwest::RequestBuilder,
     ) -> Result<T, ApiError> {
         let (status, body) = self.send(endpoint, req).await?;
@@ -572,7 +578,7 @@ impl DingTalkClient {
     /// attempt only, never while backing off, and never while waiting for another slot.
     async fn send(
         &self,
-        endpoint: &'static str,
+        endpoint: Endpoint,
         req: reqwest::RequestBuilder,
     ) -> Result<(u16, bytes::Bytes), ApiError> {
         let _slot = self.api_slots.acquire().await;

@@ -8,6 +8,7 @@
 //! `sender` drives `reply_http`; neither `client` nor `sender` imports the other.
 
 pub mod client;
+pub mod endpoint;
 pub mod error;
 pub mod inbound;
 pub mod lenient;
@@ -19,6 +20,7 @@ pub mod transport;
 
 pub use crate::config::ReplyClientChoice;
 pub use client::{ChatInfo, DingTalkClient};
+pub use endpoint::Endpoint;
 pub use error::{ApiError, ErrorKind};
 pub use inbound::{Body, Callback, ConversationKind, RobotMessage};
 pub use outbound::{WebhookPolicy, WebhookRefusal};
