@@ -12,6 +12,7 @@
 pub mod command;
 pub mod groups;
 pub mod resolver;
+pub mod summary;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +28,8 @@ use crate::store::{Binding, BindingStore};
 use crate::telemetry;
 pub use command::Command;
 pub use groups::GroupDirectory;
-pub use resolver::{Field, GroupSummary, Missing, Resolver};
+pub use resolver::Resolver;
+pub use summary::{Field, GroupSummary, Missing};
 
 /// How the bot behaves, from the settings.
 #[derive(Debug, Clone)]
