@@ -48,13 +48,70 @@ fn is_mention(word: &str) -> bool {
     word.starts_with('@') || word.starts_with('＠')
 }
 
-/// The commands, by their first word.
-#[derive(Clone, Copy)]
-enum Verb {
+/// The commands the robot knows, in the order `/help` lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verb {
+    /// Summarise this group.
     Info,
-    Help,
+    /// Attach the group's chatid.
     Bind,
+    /// List the commands.
+    Help,
 }
+
+/// How a command is typed and how `/help` presents it. Adding a command is a [`Verb`], its
+/// entry here, its template and its arm in `Bot::answer` (the compiler asks for the last);
+/// the help text follows from this table.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Spec {
+    /// The command.
+    pub verb: Verb,
+    /// What the user may type as the first word, lowercase (`／` is read as `/`).
+    #[serde(skip)]
+    pub words: &'static [&'static str],
+    /// The command as `/help` shows it, with its argument.
+    pub usage: &'static str,
+    /// The Chinese alias `/help` shows next to it (zh only).
+    pub alias: Option<&'static str>,
+    /// Only group admins (or listed userids) may use it.
+    pub admin_only: bool,
+    /// What it does, in Chinese.
+    pub about_zh: &'static str,
+    /// What it does, in English.
+    pub about_en: &'static str,
+}
+
+/// Every command.
+pub const COMMANDS: [Spec; 3] = [
+    Spec {
+        verb: Verb::Info,
+        words: &["/info", "群信息", "/群信息"],
+        usage: "/info",
+        alias: Some("群信息"),
+        admin_only: false,
+        about_zh: "查看本群的名称、群主、人数和群设置",
+        about_en: "this group's name, owner, member count and settings",
+    },
+    Spec {
+        verb: Verb::Bind,
+        words: &["/bind", "绑定", "/绑定"],
+        usage: "/bind chatid",
+        alias: None,
+        admin_only: true,
+        about_zh: "把本群的 chatid 告诉我，之后 /info 能显示完整信息",
+        about_en: "tell me this group's chatid so /info can show everything",
+    },
+    Spec {
+        verb: Verb::Help,
+        words: &["/help", "帮助", "/帮助", "/?", "?", "？"],
+        usage: "/help",
+        alias: Some("帮助"),
+        admin_only: false,
+        about_zh: "显示这段说明",
+        about_en: "show this help",
+    },
+];
 
 fn verb(word: &str) -> Option<Verb> {
     let word: String = word
@@ -62,12 +119,10 @@ fn verb(word: &str) -> Option<Verb> {
         .map(|c| if c == '／' { '/' } else { c })
         .flat_map(char::to_lowercase)
         .collect();
-    match word.as_str() {
-        "/info" | "群信息" | "/群信息" => Some(Verb::Info),
-        "/help" | "帮助" | "/帮助" | "/?" | "?" | "？" => Some(Verb::Help),
-        "/bind" | "绑定" | "/绑定" => Some(Verb::Bind),
-        _ => None,
-    }
+    COMMANDS
+        .iter()
+        .find(|spec| spec.words.contains(&word.as_str()))
+        .map(|spec| spec.verb)
 }
 
 /// Parses the text of a message.

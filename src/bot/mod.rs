@@ -230,6 +230,24 @@ impl<'a> InfoView<'a> {
     }
 }
 
+/// Context of `help.md.j2`: the command list comes from [`command::COMMANDS`].
+#[derive(Debug, Serialize)]
+struct HelpView<'a> {
+    /// The word that was not understood, if any.
+    unknown: Option<&'a str>,
+    /// Every command.
+    commands: &'static [command::Spec],
+}
+
+impl<'a> HelpView<'a> {
+    fn new(unknown: Option<&'a str>) -> HelpView<'a> {
+        HelpView {
+            unknown,
+            commands: &command::COMMANDS,
+        }
+    }
+}
+
 /// Context of `unbound.md.j2`: nothing at all is known about the group.
 #[derive(Debug, Serialize)]
 struct UnboundView<'a> {
@@ -435,11 +453,8 @@ impl Bot {
     }
 
     fn help(&self, unknown: Option<&str>) -> Rendered {
-        #[derive(Serialize)]
-        struct HelpView<'a> {
-            unknown: Option<&'a str>,
-        }
-        self.renderer.render(Template::Help, &HelpView { unknown })
+        self.renderer
+            .render(Template::Help, &HelpView::new(unknown))
     }
 
     async fn info(&self, cb: &Callback) -> Answer {
@@ -579,6 +594,38 @@ impl Bot {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn help_lists_every_command_from_the_table_in_both_languages() {
+        let zh = Renderer::new(Language::Zh, None)
+            .unwrap()
+            .render(Template::Help, &HelpView::new(None));
+        assert!(
+            zh.text.contains(
+                "- **/info**（或「群信息」）：查看本群的名称、群主、人数和群设置\n\
+             - **/bind chatid**（群管理员）：把本群的 chatid 告诉我，之后 /info 能显示完整信息\n\
+             - **/help**（或「帮助」）：显示这段说明"
+            ),
+            "{}",
+            zh.text
+        );
+        let en = Renderer::new(Language::En, None)
+            .unwrap()
+            .render(Template::Help, &HelpView::new(Some("/foo")));
+        assert!(
+            en.text.contains("I did not understand \"/foo\""),
+            "{}",
+            en.text
+        );
+        assert!(en.text.contains(
+            "- **/info**: this group's name, owner, member count and settings\n\
+             - **/bind chatid** (group admins): tell me this group's chatid so /info can show everything\n\
+             - **/help**: show this help"
+        ), "{}", en.text);
+        for spec in command::COMMANDS {
+            assert!(zh.text.contains(spec.about_zh) && en.text.contains(spec.about_en));
+        }
+    }
+
     use std::io::Write;
     use std::sync::Mutex;
 
