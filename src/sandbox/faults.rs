@@ -35,7 +35,15 @@ pub enum Fault {
     Delay(Duration),
 }
 
+/// The legacy host's "no permission for this call" errcode.
+pub const NO_PERMISSION_ERRCODE: i64 = 43007;
+
 impl Fault {
+    /// The legacy host refusing a call for a missing permission (errcode 43007).
+    pub fn no_permission() -> Fault {
+        Fault::errcode(NO_PERMISSION_ERRCODE, "没有调用权限")
+    }
+
     /// Shorthand for an [`Fault::ErrCode`] without `sub_code`.
     pub fn errcode(errcode: i64, errmsg: impl Into<String>) -> Fault {
         Fault::ErrCode {
