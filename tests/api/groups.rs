@@ -150,7 +150,7 @@ async fn plain_group_shows_title_and_count_and_explains_the_rest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_group_in_english() {
-    let app = spawn_app_with(|c| c.language = Language::En).await;
+    let app = spawn_app_with(|s| s.bot.language = Language::En).await;
     let text = info(&app, PLAIN).await;
     assert_contains_all(
         &text,

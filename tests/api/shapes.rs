@@ -66,7 +66,7 @@ async fn scene_group_with_integer_flags_and_no_member_amount_asks_base_infos() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scene_group_with_string_flags_shows_every_setting_in_english() {
-    let app = spawn_app_with(|c| c.language = dingbot::config::Language::En).await;
+    let app = spawn_app_with(|s| s.bot.language = dingbot::config::Language::En).await;
     let text = reply_to(&app, &app.group_text(SCENE, "/info")).await;
     assert_contains_all(
         &text,
@@ -85,7 +85,7 @@ async fn scene_group_with_string_flags_shows_every_setting_in_english() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_get_counts_external_members() {
-    let app = spawn_app_with(|c| c.extra_groups.push(binding(MIXED_CHATID, MIXED))).await;
+    let app = spawn_app_with(|s| s.groups.push(binding(MIXED_CHATID, MIXED))).await;
     let text = reply_to(&app, &app.group_text(MIXED, "/info")).await;
     assert!(text.contains("**成员数**：5 人"), "{text}");
     assert_eq!(app.sandbox.calls(Endpoint::ChatGet), 1);
