@@ -65,6 +65,22 @@ async fn reply_delivered_with_an_unreadable_answer_is_not_sent_twice() {
     let out = app.group_text(BOUND, "/help");
     app.send(&out).await.assert_accepted();
     app.replies(&out.session, 1).await;
+    // The reply task holds its slot until it has given up or succeeded, retries included:
+    // once the slot is free, every POST it will ever make has been made.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.state.callbacks_in_flight() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        app.state.callbacks_in_flight(),
+        0,
+        "the reply task never finished"
+    );
+    assert_eq!(
+        app.sandbox.calls(Endpoint::SendBySession),
+        1,
+        "an answer that may hide a delivered message must not be POSTed again"
+    );
     app.assert_no_more(&out.session, 1).await;
 }
 
