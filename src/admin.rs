@@ -40,6 +40,7 @@ fn fix_for(e: &ApiError) -> &'static str {
         ErrorKind::NotSceneGroup
         | ErrorKind::UnknownUser
         | ErrorKind::SendTooFast
+        | ErrorKind::InvalidInput
         | ErrorKind::Other => "see the error code in DingTalk's error-code list",
     }
 }

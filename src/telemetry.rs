@@ -186,6 +186,12 @@ pub fn api_call(endpoint: &'static str, failure: Option<String>, elapsed: Durati
     histogram!("dingbot_api_latency_seconds", "endpoint" => endpoint).record(elapsed.as_secs_f64());
 }
 
+/// Counts a callback field that arrived in a shape dingbot does not use and was ignored
+/// (`field` is the field's fixed name, never its value).
+pub fn odd_callback_field(field: &'static str) {
+    counter!("dingbot_callback_odd_fields_total", "field" => field).increment(1);
+}
+
 /// Counts a retry of a DingTalk call.
 pub fn api_retry(endpoint: &'static str) {
     counter!("dingbot_api_retries_total", "endpoint" => endpoint).increment(1);

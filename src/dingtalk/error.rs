@@ -7,6 +7,8 @@
 //! ([`ApiError::is_invalid_token`]). No variant ever holds a URL (tokens travel in query
 //! strings) or a secret.
 
+use super::endpoint::Endpoint;
+
 /// `errcode`s that mean "busy or throttled, try again later" (protocol doc §4.3, §8).
 pub const TRANSIENT_ERRCODES: &[i64] = &[-1, 90002, 90005, 90006, 90018, 90019];
 
@@ -40,6 +42,8 @@ pub enum ErrorKind {
     Slow,
     /// No usable answer (connection failed, unreadable body).
     Unavailable,
+    /// dingbot refused to send a value that cannot be put into the request as it is.
+    InvalidInput,
     /// Anything else; the errcode and message are in the error.
     Other,
 }
@@ -60,6 +64,7 @@ impl ErrorKind {
             ErrorKind::Busy => "busy",
             ErrorKind::Slow => "slow",
             ErrorKind::Unavailable => "unavailable",
+            ErrorKind::InvalidInput => "invalid_input",
             ErrorKind::Other => "other",
         }
     }
@@ -73,7 +78,7 @@ pub enum ApiError {
     #[error("{endpoint}: {detail}")]
     Transport {
         /// Which API.
-        endpoint: &'static str,
+        endpoint: Endpoint,
         /// What happened (never includes the URL).
         detail: String,
         /// Whether the per-call timeout or the overall deadline fired.
@@ -85,15 +90,24 @@ pub enum ApiError {
     #[error("{endpoint}: unreadable answer (HTTP {status})")]
     BadBody {
         /// Which API.
-        endpoint: &'static str,
+        endpoint: Endpoint,
         /// HTTP status of the answer.
         status: u16,
+    },
+    /// Refused before sending: an argument cannot be put into the request as it is (e.g. a
+    /// chatid that would change the URL path). Nothing reached DingTalk.
+    #[error("{endpoint}: refused to send an invalid {what}")]
+    InvalidInput {
+        /// Which API.
+        endpoint: Endpoint,
+        /// Which argument.
+        what: &'static str,
     },
     /// Legacy host: HTTP 200 with a non-zero `errcode`.
     #[error("{endpoint}: errcode {errcode} ({errmsg})")]
     DingTalk {
         /// Which API.
-        endpoint: &'static str,
+        endpoint: Endpoint,
         /// DingTalk's error code.
         errcode: i64,
         /// DingTalk's message.
@@ -105,7 +119,7 @@ pub enum ApiError {
     #[error("{endpoint}: HTTP {status} {code}")]
     Http {
         /// Which API.
-        endpoint: &'static str,
+        endpoint: Endpoint,
         /// HTTP status.
         status: u16,
         /// DingTalk's `code`, e.g. `InvalidAuthentication`, or empty.
@@ -119,12 +133,13 @@ pub enum ApiError {
 
 impl ApiError {
     /// The API that failed.
-    pub fn endpoint(&self) -> &'static str {
+    pub fn endpoint(&self) -> Endpoint {
         match self {
             ApiError::Transport { endpoint, .. }
             | ApiError::BadBody { endpoint, .. }
+            | ApiError::InvalidInput { endpoint, .. }
             | ApiError::DingTalk { endpoint, .. }
-            | ApiError::Http { endpoint, .. } => endpoint,
+            | ApiError::Http { endpoint, .. } => *endpoint,
         }
     }
 
@@ -132,6 +147,7 @@ impl ApiError {
     pub fn is_transient(&self) -> bool {
         match self {
             ApiError::Transport { .. } | ApiError::BadBody { .. } => true,
+            ApiError::InvalidInput { .. } => false,
             ApiError::DingTalk { errcode, .. } => TRANSIENT_ERRCODES.contains(errcode),
             ApiError::Http { status, code, .. } => {
                 *status >= 500 || *status == 429 || code.contains("Throttling")
@@ -145,6 +161,7 @@ impl ApiError {
     pub fn surely_not_delivered(&self) -> bool {
         match self {
             ApiError::Transport { connect, .. } => *connect,
+            ApiError::InvalidInput { .. } => true,
             ApiError::BadBody { status, .. } => *status >= 500 || *status == 429,
             ApiError::DingTalk { errcode, .. } => TRANSIENT_ERRCODES.contains(errcode),
             ApiError::Http { status, .. } => *status >= 500 || *status == 429,
@@ -178,17 +195,18 @@ impl ApiError {
         match self {
             ApiError::Transport { timeout: true, .. } => ErrorKind::Slow,
             ApiError::Transport { .. } | ApiError::BadBody { .. } => ErrorKind::Unavailable,
+            ApiError::InvalidInput { .. } => ErrorKind::InvalidInput,
             ApiError::DingTalk {
                 endpoint, errcode, ..
             } => match (*endpoint, *errcode) {
-                ("gettoken", c) if c != -1 => ErrorKind::TokenFailed,
+                (Endpoint::GetToken, c) if c != -1 => ErrorKind::TokenFailed,
                 (_, 43007 | 88) => ErrorKind::NoPermission,
                 (_, 40016) => ErrorKind::BadChatid,
                 (_, 49000) => ErrorKind::MissingChatid,
                 (_, 40001 | 40014 | 42001) => ErrorKind::BadToken,
                 (_, 70001) => ErrorKind::CorpMissing,
-                ("scenegroup/get", 400020 | 40035) => ErrorKind::NotSceneGroup,
-                ("user/get", 60121 | 60003) => ErrorKind::UnknownUser,
+                (Endpoint::SceneGroupGet, 400020 | 40035) => ErrorKind::NotSceneGroup,
+                (Endpoint::UserGet, 60121 | 60003) => ErrorKind::UnknownUser,
                 (_, 130101) => ErrorKind::SendTooFast,
                 (_, c) if TRANSIENT_ERRCODES.contains(&c) => ErrorKind::Busy,
                 _ => ErrorKind::Other,
@@ -203,11 +221,12 @@ impl ApiError {
                     ErrorKind::NoPermission
                 } else if self.is_invalid_token() {
                     ErrorKind::BadToken
-                } else if *endpoint == "gettoken" {
+                } else if *endpoint == Endpoint::GetToken {
                     ErrorKind::TokenFailed
                 } else if *status >= 500 || *status == 429 || code.contains("Throttling") {
                     ErrorKind::Busy
-                } else if *endpoint == "convertToOpenConversationId" && matches!(status, 400 | 404)
+                } else if *endpoint == Endpoint::ConvertToOpenConversationId
+                    && matches!(status, 400 | 404)
                 {
                     ErrorKind::BadChatid
                 } else {
@@ -235,7 +254,7 @@ impl ApiError {
     /// The permission this endpoint is documented to need.
     pub fn documented_scope(&self) -> &'static str {
         match self.endpoint() {
-            "user/get" => "qyapi_get_member",
+            Endpoint::UserGet => "qyapi_get_member",
             _ => "qyapi_chat_read",
         }
     }
@@ -266,7 +285,7 @@ impl ApiError {
     /// `user/get` answered without a name: treated as DingTalk's "no such user" (60121).
     pub fn unknown_user() -> ApiError {
         ApiError::DingTalk {
-            endpoint: "user/get",
+            endpoint: Endpoint::UserGet,
             errcode: 60121,
             errmsg: String::new(),
             sub_code: None,
@@ -275,7 +294,7 @@ impl ApiError {
 
     /// Whether the failed call was the access-token fetch itself.
     pub fn is_token_call(&self) -> bool {
-        self.endpoint() == "gettoken"
+        self.endpoint() == Endpoint::GetToken
     }
 
     /// A short stable label for metrics: the errcode, the HTTP code, or the failure kind.
@@ -284,6 +303,7 @@ impl ApiError {
             ApiError::Transport { timeout: true, .. } => "timeout".into(),
             ApiError::Transport { .. } => "transport".into(),
             ApiError::BadBody { .. } => "bad_body".into(),
+            ApiError::InvalidInput { .. } => "invalid_input".into(),
             ApiError::DingTalk { errcode, .. } => errcode.to_string(),
             ApiError::Http { status, .. } => format!("http_{status}"),
         }
@@ -296,7 +316,7 @@ mod tests {
 
     fn dt(errcode: i64, sub: Option<&str>) -> ApiError {
         ApiError::DingTalk {
-            endpoint: "chat/get",
+            endpoint: Endpoint::ChatGet,
             errcode,
             errmsg: String::new(),
             sub_code: sub.map(str::to_string),

@@ -15,8 +15,9 @@
 
 use std::time::Duration;
 
+use super::endpoint::Endpoint;
 use super::error::ApiError;
-use super::transport::{self, POOL_IDLE, SEND_BY_SESSION, connect_timeout};
+use super::transport::{self, POOL_IDLE, connect_timeout};
 use crate::config::ReplyClientChoice;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -120,7 +121,7 @@ impl ReplyHttp {
                     .post(uri.to_string())
                     .header(CONTENT_TYPE, "application/json")
                     .body(body.clone());
-                transport::send(SEND_BY_SESSION, req).await
+                transport::send(Endpoint::SendBySession, req).await
             }
         }
     }
@@ -129,7 +130,7 @@ impl ReplyHttp {
 impl DirectClient {
     async fn post_json(&self, uri: &Uri, body: &Bytes) -> Result<(u16, Bytes), ApiError> {
         let failure = |timeout: bool, connect: bool, detail: String| ApiError::Transport {
-            endpoint: SEND_BY_SESSION,
+            endpoint: Endpoint::SendBySession,
             timeout,
             connect,
             detail,
@@ -209,7 +210,7 @@ mod tests {
     fn transport(err: ApiError) -> (bool, bool, String) {
         match err {
             ApiError::Transport {
-                endpoint: SEND_BY_SESSION,
+                endpoint: Endpoint::SendBySession,
                 timeout,
                 connect,
                 detail,

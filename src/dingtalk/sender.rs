@@ -13,9 +13,10 @@ use bytes::Bytes;
 use hyper::Uri;
 use serde::Deserialize;
 
+use super::endpoint::Endpoint;
 use super::error::{ApiError, ErrorKind};
 use super::reply_http::ReplyHttp;
-use super::transport::{self, DEFAULT_PARALLEL_REQUESTS, RetryPolicy, SEND_BY_SESSION};
+use super::transport::{self, DEFAULT_PARALLEL_REQUESTS, RetryPolicy};
 
 /// How long DingTalk silences a robot in a group after "send too fast" (130101; protocol
 /// doc §3.5: more than 20 messages a minute → 10 minutes of throttling).
@@ -92,7 +93,7 @@ impl ReplySender {
         struct Ack {}
         transport::with_retries_if(
             &self.retry,
-            SEND_BY_SESSION,
+            Endpoint::SendBySession,
             ApiError::surely_not_delivered,
             || async {
                 let started = Instant::now();
@@ -100,10 +101,10 @@ impl ReplySender {
                     // Held per attempt only, never while backing off.
                     let _slot = self.slots.acquire().await;
                     let (status, answer) = self.http.post_json(webhook, body).await?;
-                    transport::oapi_answer::<Ack>(SEND_BY_SESSION, status, &answer)
+                    transport::oapi_answer::<Ack>(Endpoint::SendBySession, status, &answer)
                 }
                 .await;
-                transport::record(SEND_BY_SESSION, &result, started);
+                transport::record(Endpoint::SendBySession, &result, started);
                 result.map(|_| ())
             },
         )

@@ -11,6 +11,7 @@ use rand::Rng;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use super::endpoint::Endpoint;
 use super::error::ApiError;
 use crate::telemetry;
 
@@ -34,9 +35,6 @@ impl Default for RetryPolicy {
         }
     }
 }
-
-/// The endpoint name of reply POSTs (metrics label, errors).
-pub const SEND_BY_SESSION: &str = "sendBySession";
 
 /// Requests to DingTalk on the wire at once unless configured otherwise.
 pub const DEFAULT_PARALLEL_REQUESTS: usize = 32;
@@ -73,7 +71,7 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error>
 /// each time with ±50 % jitter.
 pub async fn with_retries_if<T, F, Fut>(
     policy: &RetryPolicy,
-    endpoint: &'static str,
+    endpoint: Endpoint,
     retryable: fn(&ApiError) -> bool,
     call: F,
 ) -> Result<T, ApiError>
@@ -94,8 +92,8 @@ where
         if !retryable(&err) || attempt >= policy.attempts || out_of_time {
             return Err(err);
         }
-        tracing::debug!(endpoint, attempt, error = %err, "retrying DingTalk call");
-        telemetry::api_retry(endpoint);
+        tracing::debug!(endpoint = endpoint.label(), attempt, error = %err, "retrying DingTalk call");
+        telemetry::api_retry(endpoint.label());
         tokio::time::sleep(jittered).await;
         delay = delay.saturating_mul(2);
         attempt += 1;
@@ -103,14 +101,14 @@ where
 }
 
 /// Counts a finished call (success or failure) and its latency.
-pub fn record<T>(endpoint: &'static str, result: &Result<T, ApiError>, started: Instant) {
+pub fn record<T>(endpoint: Endpoint, result: &Result<T, ApiError>, started: Instant) {
     let failure = result.as_ref().err().map(ApiError::metric_code);
-    telemetry::api_call(endpoint, failure, started.elapsed());
+    telemetry::api_call(endpoint.label(), failure, started.elapsed());
 }
 
 /// Reads a legacy-host answer: HTTP 2xx with `errcode` absent or 0 is success.
 pub fn oapi_answer<T: DeserializeOwned>(
-    endpoint: &'static str,
+    endpoint: Endpoint,
     status: u16,
     body: &[u8],
 ) -> Result<T, ApiError> {
@@ -153,7 +151,7 @@ pub fn oapi_answer<T: DeserializeOwned>(
 /// Sends `req` and reads the whole answer: `(status, body)`. Transport errors lose their
 /// URL (it may hold a token or a session).
 pub async fn send(
-    endpoint: &'static str,
+    endpoint: Endpoint,
     req: reqwest::RequestBuilder,
 ) -> Result<(u16, bytes::Bytes), ApiError> {
     let transport = |e: reqwest::Error| ApiError::Transport {

@@ -197,15 +197,52 @@ fn body_field(body: &[u8], field: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The scene-group flags: `"0"`/`"1"` strings (DingTalk's official example and TOP SDK
+/// model) or numbers, as the group says ([`Group::string_flags`]).
 fn management_options(g: &Group) -> Value {
+    let flag = |v: i64| {
+        if g.string_flags {
+            json!(v.to_string())
+        } else {
+            json!(v)
+        }
+    };
     json!({
-        "chat_banned_type": g.chat_banned_type,
-        "validation_type": g.validation_type,
-        "mention_all_authority": g.mention_all_authority,
-        "management_type": g.management_type,
-        "searchable": g.searchable,
-        "show_history_type": g.show_history_type,
+        "chat_banned_type": flag(g.chat_banned_type),
+        "validation_type": flag(g.validation_type),
+        "mention_all_authority": flag(g.mention_all_authority),
+        "management_type": flag(g.management_type),
+        "searchable": flag(g.searchable),
+        "show_history_type": flag(g.show_history_type),
     })
+}
+
+/// The `/v1.0` endpoints answer JSON only to a request that asks for it: the Node SDK
+/// notes that one of them answers XML without `Accept: application/json`, and the sandbox
+/// holds every `/v1.0` caller to that (stricter than DingTalk is known to be).
+fn wants_json(req: &HttpRequest) -> bool {
+    req.headers()
+        .get_all(actix_web::http::header::ACCEPT)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        })
+}
+
+/// The answer to a `/v1.0` request without `Accept: application/json`.
+fn xml_answer() -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/xml;charset=UTF-8"),
+        ))
+        .body(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><code>NotAcceptable</code>\
+             <message>no Accept: application/json</message></Response>\n",
+        )
 }
 
 fn template_id(g: &Group) -> String {
@@ -257,7 +294,7 @@ pub(crate) async fn chat_get(state: web::Data<State>, req: HttpRequest) -> HttpR
         if g.access != Access::Full {
             return oapi_error(43007, "没有调用权限");
         }
-        Reply::ok(&json!({
+        let mut answer = json!({
             "errcode": 0,
             "errmsg": "ok",
             "chat_info": {
@@ -275,7 +312,13 @@ pub(crate) async fn chat_get(state: web::Data<State>, req: HttpRequest) -> HttpR
                 "managementType": g.management_type,
                 "status": g.status,
             },
-        }))
+        });
+        // External members (the TOP SDK's `extidlist`); left out when there are none, as
+        // in the documented example.
+        if !g.ext_members.is_empty() {
+            answer["chat_info"]["extidlist"] = json!(g.ext_members);
+        }
+        Reply::ok(&answer)
     })
     .await
 }
@@ -283,10 +326,24 @@ pub(crate) async fn chat_get(state: web::Data<State>, req: HttpRequest) -> HttpR
 pub(crate) async fn convert_to_open_conversation_id(
     state: web::Data<State>,
     req: HttpRequest,
+    body: Bytes,
 ) -> HttpResponse {
+    if !wants_json(&req) {
+        state.count(Endpoint::ConvertToOpenConversationId);
+        return xml_answer();
+    }
     serve(&state, Endpoint::ConvertToOpenConversationId, || {
         if !state.token_valid(header_token(&req)) {
             return api_bad_token();
+        }
+        // The official SDK sends this call without a body; the sandbox refuses one, so a
+        // client that sends `{}` shows.
+        if !body.is_empty() {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                "InvalidParameter.Body",
+                "该接口不接受请求体",
+            );
         }
         let chatid = req.match_info().get("chatid").unwrap_or_default();
         let Some(g) = state.group_by_chatid(chatid) else {
@@ -390,7 +447,7 @@ pub(crate) async fn scene_group_get(
         let Some(g) = group.filter(|g| g.scene_group) else {
             return oapi_error(400020, "无访问权限");
         };
-        Reply::ok(&json!({
+        let mut answer = json!({
             "errcode": 0,
             "errmsg": "ok",
             "success": true,
@@ -404,7 +461,11 @@ pub(crate) async fn scene_group_get(
                 "group_url": group_url(&g),
                 "management_options": management_options(&g),
             },
-        }))
+        });
+        if g.reports_member_amount {
+            answer["result"]["member_amount"] = json!(g.member_count());
+        }
+        Reply::ok(&answer)
     })
     .await
 }
@@ -414,6 +475,10 @@ pub(crate) async fn scene_group_query_detail(
     req: HttpRequest,
     body: Bytes,
 ) -> HttpResponse {
+    if !wants_json(&req) {
+        state.count(Endpoint::SceneGroupQueryDetail);
+        return xml_answer();
+    }
     serve(&state, Endpoint::SceneGroupQueryDetail, || {
         if !state.token_valid(header_token(&req)) {
             return api_bad_token();
@@ -438,7 +503,7 @@ pub(crate) async fn scene_group_query_detail(
         Reply::ok(&json!({
             "owner_user_id": g.owner,
             "title": g.name,
-            "member_amount": g.members.len(),
+            "member_amount": g.member_count(),
             "status": g.status,
             "icon": DEMO_ICON,
             "template_id": template_id(&g),
@@ -455,6 +520,10 @@ pub(crate) async fn group_base_infos(
     req: HttpRequest,
     body: Bytes,
 ) -> HttpResponse {
+    if !wants_json(&req) {
+        state.count(Endpoint::GroupBaseInfos);
+        return xml_answer();
+    }
     serve(&state, Endpoint::GroupBaseInfos, || {
         if !state.token_valid(header_token(&req)) {
             return api_bad_token();
@@ -477,7 +546,7 @@ pub(crate) async fn group_base_infos(
             "result": {
                 "openConversationId": g.open_conversation_id,
                 "title": g.name,
-                "memberCount": g.members.len(),
+                "memberCount": g.member_count(),
                 "icon": DEMO_ICON,
                 "tag": "2",
             },

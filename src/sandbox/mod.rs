@@ -32,7 +32,7 @@ use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpServer, web};
 use tokio::sync::watch;
 
-pub use faults::{Endpoint, Fault, UnknownEndpoint};
+pub use faults::{Endpoint, Fault, NO_PERMISSION_ERRCODE, UnknownEndpoint};
 pub use org::{Access, Group, Org, User};
 pub use state::{MESSAGE_CAPACITY, SentMessage};
 

@@ -65,13 +65,29 @@ async fn reply_delivered_with_an_unreadable_answer_is_not_sent_twice() {
     let out = app.group_text(BOUND, "/help");
     app.send(&out).await.assert_accepted();
     app.replies(&out.session, 1).await;
+    // The reply task holds its slot until it has given up or succeeded, retries included:
+    // once the slot is free, every POST it will ever make has been made.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.state.callbacks_in_flight() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        app.state.callbacks_in_flight(),
+        0,
+        "the reply task never finished"
+    );
+    assert_eq!(
+        app.sandbox.calls(Endpoint::SendBySession),
+        1,
+        "an answer that may hide a delivered message must not be POSTed again"
+    );
     app.assert_no_more(&out.session, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reply_that_was_slow_to_be_acknowledged_is_not_sent_twice() {
     // Timeout 1 s: the first POST times out, and the retry policy has time for another.
-    let app = spawn_app_with(|c| c.request_timeout_ms = Some(1000)).await;
+    let app = spawn_app_with(|s| s.dingtalk.request_timeout_ms = 1000).await;
     // DingTalk takes 1.2 s to acknowledge the first POST, but does deliver it.
     let delivery = Duration::from_millis(1200);
     app.sandbox
@@ -98,7 +114,7 @@ async fn reply_that_was_slow_to_be_acknowledged_is_not_sent_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_through_reqwest_are_retried_and_never_doubled_too() {
     // The client `reply_client = "auto"` picks when HTTPS_PROXY or the like is set.
-    let app = spawn_app_with(|c| c.reply_client = Some(ReplyClientChoice::Reqwest)).await;
+    let app = spawn_app_with(|s| s.dingtalk.reply_client = ReplyClientChoice::Reqwest).await;
     assert_eq!(app.state.pipeline.sender().client_name(), "reqwest");
     app.sandbox
         .inject(Endpoint::SendBySession, Fault::HttpStatus(502), 1);

@@ -19,5 +19,6 @@ mod ratelimit;
 mod rejections;
 mod rendering;
 mod replicas;
+mod shapes;
 mod throttle;
 mod token;

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use dingbot::sandbox::{Endpoint, Fault, Org, Sandbox};
 
 use crate::helpers::{
-    BOUND, SECRET, TestApp, assert_no_secret, fresh_signature, spawn_app_from_toml, spawn_app_with,
+    BOUND, SECRET, TestApp, assert_no_secret, fresh_signature, spawn_app_faulted,
+    spawn_app_from_toml, spawn_app_with, without_fixture_group,
 };
 
 const APP_KEY: &str = "dingdemoappkey";
@@ -368,7 +369,7 @@ async fn get_metrics(app: &TestApp) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_with_traffic_without_group_ids_or_secrets() {
-    let app = spawn_app_with(|c| c.learn_fixture_group = false).await;
+    let app = spawn_app_with(without_fixture_group).await;
 
     // (name, labels, expected minimal increase). The recorder is shared by every test in
     // this binary, so only lower bounds on the increase hold.
@@ -459,14 +460,14 @@ async fn metrics_move_with_traffic_without_group_ids_or_secrets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_stop_delivers_every_reply_in_flight() {
     const N: usize = 5;
-    let mut app = spawn_app_with(|c| {
-        c.learn_fixture_group = false;
-        c.faults_before_start = vec![(
+    let mut app = spawn_app_faulted(
+        vec![(
             Endpoint::ChatGet,
             Fault::Delay(Duration::from_millis(1500)),
             N as u32,
-        )];
-    })
+        )],
+        without_fixture_group,
+    )
     .await;
     let port = app.port;
 
@@ -875,7 +876,7 @@ async fn simulate_with_a_wrong_secret_reports_401() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_200_with_a_healthy_dingtalk() {
-    let app = spawn_app_with(|c| c.learn_fixture_group = false).await;
+    let app = spawn_app_with(without_fixture_group).await;
     let ready = app.get("/readyz").await;
     assert_eq!(ready.status, 200, "{ready:?}");
     assert_eq!(ready.json()["status"], "ready");
@@ -902,10 +903,10 @@ async fn assert_not_ready(app: &TestApp) {
 
 async fn not_ready_app(fault: Fault) -> TestApp {
     // No pending group, so nothing fetches a token before the probe.
-    spawn_app_with(|c| {
-        c.learn_fixture_group = false;
-        c.faults_before_start = vec![(Endpoint::GetToken, fault, u32::MAX)];
-    })
+    spawn_app_faulted(
+        vec![(Endpoint::GetToken, fault, u32::MAX)],
+        without_fixture_group,
+    )
     .await
 }
 
