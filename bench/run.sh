@@ -7,7 +7,8 @@
 #   RUNS [3]            measured runs per scenario (the table shows medians)
 #   CONNS ["16 64"]     connection counts for the main scenario (info)
 #   EXTRA_CONNS [64]    connection count for the other scenarios
-#   SCENARIOS ["info miss forged"]  (also available: help)
+#   SCENARIOS ["info miss forged"]  (also available: help; redis: info with state.backend
+#                       = "redis" against a redis-server on core 1, e.g. SCENARIOS="info redis")
 #     info    /info with the group-info cache warm (the steady state)
 #     miss    /info with the cache off (bot.info_cache_ttl_secs = 0): chat/get every time
 #     help    /help (no lookup at all)
@@ -107,7 +108,9 @@ SANDBOX_PID=""
 BOT_PID=""
 AB_PID=""
 
+REDIS_PID=""
 cleanup() {
+    stop_pid "$REDIS_PID"
     stop_pid "$BOT_PID"
     stop_pid "$AB_PID"
     stop_pid "$SANDBOX_PID"
@@ -177,6 +180,7 @@ data_dir = "$WORK/data"
 
 [log]
 format = "text"
+${EXTRA_TOML:-}
 EOF
         for ((i = 0; i < ${3:-$BENCH_GROUPS}; i++)); do
             printf '\n[[groups]]\nchatid = "chatgen%d"\nopen_conversation_id = "cidGen%d=="\n' "$i" "$i"
@@ -346,11 +350,80 @@ print("\t".join(str(x) for x in row))
 PY
         log "  run $run: $(tail -1 "$RUNS_TSV" | cut -f3-10 | tr '\t' ' ') (requests, req/s, 2xx/s, replies/s, p50, p99 ms, non-2xx, bot µs/req)"
     done
+    ${SCENARIO_END_HOOK:-:}
     local peak_kb
     peak_kb=$(proc_kb "$BOT_PID" VmHWM)
     printf '%s\t%s\t%s\t%s\t%s\n' "$key" "$label" "$conns" "$idle_kb" "$peak_kb" >>"$SCEN_TSV"
     stop_pid "$BOT_PID"
     BOT_PID=""
+}
+
+# ---- redis: the info scenario with state.backend = "redis" -------------------------------
+# A redis-server (no persistence) pinned with the load generator on core 1; per connection
+# count the same /info load as `info`, then Redis's own counters: commands per answered
+# callback (INFO commandstats; the health ping excluded) and memory per remembered callback
+# (INFO memory used_memory after the scenario minus after FLUSHALL, ÷ remembered msgIds).
+# Writes $WORK/redis.md.
+redis_cmd() { redis-cli -p "$REDIS_PORT" "$@"; }
+redis_field() { # section field
+    redis_cmd INFO "$1" | tr -d '\r' | awk -F: -v f="$2" '$1 == f {print $2}'
+}
+redis_bot_metrics() { # dingbot's own count of Redis round trips, before it stops
+    curl -fsS --max-time 2 "$BOT_URL/metrics" >"$WORK/redis-bot-metrics.txt" || :
+}
+redis_scenario() {
+    command -v redis-server >/dev/null || die "redis scenario: redis-server not installed (apt-get install redis-server)"
+    if [[ -z $REDIS_PID ]]; then
+        REDIS_PORT=$(free_port)
+        "${PIN_LOAD[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+            --dir "$WORK" >"$WORK/redis.log" 2>&1 &
+        REDIS_PID=$!
+        for _ in $(seq 50); do redis_cmd PING >/dev/null 2>&1 && break; sleep 0.1; done
+    fi
+    {
+        echo
+        echo "### Redis backend (\`SCENARIOS=redis\`)"
+        echo
+        echo "redis-server $(redis_field server redis_version) on core 1 with the load generator; commands and memory from Redis's INFO."
+        echo
+        echo "Round trips as dingbot counts them (\`dingbot_state_round_trips_total\`): *admission* is the one EVALSHA per callback; *group info* is the shared cache's claim (binding + summary or lock), once per group per 5 s per replica (its local cache's lifetime when replicas share one)."
+        echo
+        echo "| scenario | answered callbacks | admission round trips per callback | group-info round trips per callback | EVALSHA per callback (Redis) | all commands per callback (Redis) | Redis memory per remembered callback |"
+        echo "|---|---:|---:|---:|---:|---:|---:|"
+    } >"$WORK/redis.md"
+    local c
+    for c in $CONNS; do
+        redis_cmd FLUSHALL >/dev/null
+        redis_cmd CONFIG RESETSTAT >/dev/null
+        local mem0
+        mem0=$(redis_field memory used_memory)
+        EXTRA_TOML=$(printf '\n[state]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:%s/0"\n' "$REDIS_PORT")
+        SCENARIO_END_HOOK=redis_bot_metrics
+        scenario "redis-c$c" "/info like info-c$c, state.backend = redis (EVALSHA per callback)" \
+            valid "/info" "$c" 3600
+        SCENARIO_END_HOOK=""
+        EXTRA_TOML=""
+        local answered evalsha all mem1 remembered
+        answered=$(sandbox_stat messages)
+        evalsha=$(redis_cmd INFO commandstats | tr -d '\r' | awk -F'[=,:]' '$1 == "cmdstat_evalsha" {print $3}')
+        all=$(redis_cmd INFO commandstats | tr -d '\r' |
+            awk -F'[=,:]' '/^cmdstat_/ && $1 !~ /cmdstat_(ping|info|config|flushall|client|hello|select)$/ {n += $3} END {print n + 0}')
+        mem1=$(redis_field memory used_memory)
+        remembered=$(redis_cmd --scan --pattern 'dingbot:m:*' --count 10000 | wc -l)
+        python3 - "$c" "$answered" "${evalsha:-0}" "$all" "$mem0" "$mem1" "$remembered" "$WORK/redis-bot-metrics.txt" >>"$WORK/redis.md" <<'PY'
+import re, sys
+c = sys.argv[1]
+answered, evalsha, all_, mem0, mem1, remembered = map(int, sys.argv[2:8])
+text = open(sys.argv[8]).read() if sys.argv[8] else ""
+def metric(pattern):
+    return sum(float(m) for m in re.findall(pattern + r"\S*\s+([0-9.e+]+)", text))
+admit = metric(r'dingbot_state_round_trips_total\{operation="admit"\}')
+info = metric(r'dingbot_state_round_trips_total\{operation="info"\}')
+per = lambda n, d: f"{n / d:.3f}" if d else "nan"
+mem = f"{(mem1 - mem0) / remembered:.0f} B ({remembered} remembered)" if remembered else "nan"
+print(f"| redis-c{c} | {answered} | {per(admit, answered)} | {per(info, answered)} | {per(evalsha, answered)} | {per(all_, answered)} | {mem} |")
+PY
+    done
 }
 
 # ---- groups: many distinct groups, then eviction ------------------------------------------
@@ -565,6 +638,7 @@ for s in $SCENARIOS; do
         ;;
     groups) groups_scenario ;;
     ab) ab_scenario ;;
+    redis) redis_scenario ;;
     bare)
         scenario "bare-c$EXTRA_CONNS" "baseline, not dingbot: examples/bare_handler (verify + parse + sendBySession inline)" \
             valid "/info" "$EXTRA_CONNS" 3600 bare
@@ -573,7 +647,7 @@ for s in $SCENARIOS; do
         scenario "bare-forged-c$EXTRA_CONNS" "baseline, not dingbot: examples/bare_handler, forged sign → 401" \
             forged "/info" "$EXTRA_CONNS" 3600 bare
         ;;
-    *) die "unknown scenario $s (info, miss, help, forged, bare, bare-forged, groups, ab)" ;;
+    *) die "unknown scenario $s (info, miss, help, forged, bare, bare-forged, groups, ab, redis)" ;;
     esac
 done
 
@@ -602,5 +676,6 @@ git diff --quiet HEAD -- src Cargo.toml Cargo.lock templates 2>/dev/null || COMM
 python3 "$ROOT/bench/report.py" "$RUNS_TSV" "$SCEN_TSV" "$HEADER" >"$OUT/results.md"
 if [[ -f $WORK/groups.md ]]; then cat "$WORK/groups.md" >>"$OUT/results.md"; fi
 if [[ -f $WORK/ab.md ]]; then cat "$WORK/ab.md" >>"$OUT/results.md"; fi
+if [[ -f $WORK/redis.md ]]; then cat "$WORK/redis.md" >>"$OUT/results.md"; fi
 cat "$OUT/results.md"
 log "written $OUT/results.md (per-run data: $RUNS_TSV)"

@@ -250,6 +250,11 @@ pub fn state_error(operation: &'static str) {
     counter!("dingbot_state_errors_total", "operation" => operation).increment(1);
 }
 
+/// Counts a round trip to Redis (one command, pipeline or script) by operation.
+pub fn state_round_trip(operation: &'static str) {
+    counter!("dingbot_state_round_trips_total", "operation" => operation).increment(1);
+}
+
 /// Counts callbacks decided from this replica's memory because Redis was down or slow.
 pub fn state_degraded_decision() {
     counter!("dingbot_state_degraded_decisions_total").increment(1);

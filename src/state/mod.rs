@@ -198,6 +198,7 @@ impl Redis {
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
+        telemetry::state_round_trip(operation);
         match tokio::time::timeout(self.command_timeout, command).await {
             Ok(Ok(value)) => Some(value),
             Ok(Err(e)) => {
