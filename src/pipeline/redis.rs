@@ -298,13 +298,15 @@ impl RedisAdmission {
         true
     }
 
-    /// The health loop: while Redis is down, ping it every 500 ms and, once it answers,
+    /// The health loop: a ping at once, then while Redis is down, every 500 ms and, once it answers,
     /// record the backlog in Redis and resume shared state; while up, ping every 5 s so
     /// an outage is noticed (and shown) even without traffic. Runs until aborted.
     pub async fn watch(self: Arc<Self>) {
+        // The first ping at once: a Redis that is down at startup is known before the
+        // first callback would wait for it.
+        let mut pause = Duration::ZERO;
         loop {
-            let up = self.redis.is_up();
-            tokio::time::sleep(if up { PING_WHILE_UP } else { PING_WHILE_DOWN }).await;
+            tokio::time::sleep(pause).await;
             match self.redis.ping().await {
                 Ok(_) if self.redis.is_up() => {}
                 Ok(_) => {
@@ -314,6 +316,11 @@ impl RedisAdmission {
                 }
                 Err(reason) => self.redis.mark_down("ping", &reason),
             }
+            pause = if self.redis.is_up() {
+                PING_WHILE_UP
+            } else {
+                PING_WHILE_DOWN
+            };
         }
     }
 
