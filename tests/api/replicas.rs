@@ -436,3 +436,93 @@ async fn redis_killed_mid_load_degrades_without_loss_or_double_answers_and_resum
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_while_redis_is_down_changes_nothing_and_info_still_answers() {
+    let Some(mut redis) = RedisServer::start("bind-degraded") else {
+        return;
+    };
+    let cluster = Cluster::start(&redis, 100, 60).await;
+    redis.kill();
+    let mut bind = cluster.at(0).group_text(BOUND, "/bind chatbound0001");
+    bind.body["isAdmin"] = json!(true);
+    cluster.at(0).send(&bind).await.assert_ok();
+    let reply = cluster.at(0).reply_text(&bind.session).await;
+    assert!(reply.starts_with("#### 绑定没有保存"), "{reply}");
+    assert!(!cluster.at(0).data_dir.join("bindings.json").exists());
+    // /info is answered from the replica's own lookup.
+    let info = cluster.at(1).group_text(BOUND, "/info");
+    cluster.at(1).send(&info).await.assert_ok();
+    let text = cluster.at(1).reply_text(&info.session).await;
+    assert!(text.contains("**成员数**：37 人"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_the_redis_version_and_never_the_password() {
+    let Some(mut redis) = RedisServer::start("check") else {
+        return;
+    };
+    let org = Org::demo();
+    let sandbox = Sandbox::start(org.clone()).await.expect("sandbox starts");
+    let mut settings = replica_settings(&sandbox, &org, &redis, 100, "check");
+    let mut out = Vec::new();
+    let ok = dingbot::admin::check(&settings, &mut out)
+        .await
+        .expect("check runs");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("ok    Redis 7.") || text.contains("ok    Redis "),
+        "{text}"
+    );
+    assert!(text.contains("PING"), "{text}");
+
+    redis.kill();
+    let port = redis.url();
+    settings.state.redis_url = port.replace("redis://", "redis://:hunter2@").into();
+    let mut out = Vec::new();
+    let ok = dingbot::admin::check(&settings, &mut out)
+        .await
+        .expect("check runs");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    assert!(!ok, "{text}");
+    assert!(text.contains("FAIL  Redis at redis://127.0.0.1:"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+#[test]
+fn a_summary_survives_the_shared_cache_round_trip() {
+    use dingbot::bot::{GroupSummary, Missing};
+    use dingbot::config::InfoSource;
+    let summary = GroupSummary {
+        name: Some("研发部全员群".into()),
+        owner: Some("manager4220".into()),
+        owner_name_missing: Some(Missing::UnknownUser),
+        member_count: Some(37),
+        notes: vec![
+            (
+                InfoSource::SceneGroup,
+                Missing::Denied {
+                    api: "chat/get",
+                    scope: "qyapi_chat_read".into(),
+                },
+            ),
+            (
+                InfoSource::BaseInfo,
+                Missing::Disabled {
+                    source: "base_info",
+                },
+            ),
+            (InfoSource::Callback, Missing::NotCreatedByApp),
+        ],
+        ..GroupSummary::default()
+    };
+    let bytes = serde_json::to_vec(&summary).unwrap();
+    let back: GroupSummary = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(back, summary);
+    // A name dingbot does not know (another version wrote it) is not trusted.
+    let odd = String::from_utf8(bytes)
+        .unwrap()
+        .replace("chat/get", "chat/other");
+    assert!(serde_json::from_str::<GroupSummary>(&odd).is_err());
+}
