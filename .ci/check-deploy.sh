@@ -92,6 +92,9 @@ import re, sys
 src = open(sys.argv[1], encoding="utf-8").read()
 m = re.search(r"fn defaults\(\)(.*?)\n}\n", src, re.S)
 v = re.search(r'"body_limit_bytes"\s*:\s*([0-9_]+)', m.group(1)) if m else None
+if not v:  # per-section defaults (figment): `impl Default for ServerSettings`
+    m = re.search(r"impl Default for ServerSettings(.*?)\n}\n", src, re.S)
+    v = re.search(r"body_limit_bytes:\s*([0-9_]+)", m.group(1)) if m else None
 print(int(v.group(1).replace("_", "")) if v else "")
 PY
 )" || BODY_LIMIT=""
