@@ -526,3 +526,47 @@ fn a_summary_survives_the_shared_cache_round_trip() {
         .replace("chat/get", "chat/other");
     assert!(serde_json::from_str::<GroupSummary>(&odd).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_dingtalk_throttled_on_one_replica_is_silent_on_all() {
+    let Some(redis) = RedisServer::start("throttle") else {
+        return;
+    };
+    let cluster = Cluster::start(&redis, 100, 0).await;
+    // DingTalk's "send too fast" (130101) on replica A's reply.
+    cluster.sandbox.inject(
+        Endpoint::SendBySession,
+        dingbot::sandbox::Fault::errcode(130101, "send too fast, exceed 20 times per minute"),
+        1,
+    );
+    let first = cluster.at(0).group_text(BOUND, "/help");
+    cluster.at(0).send(&first).await.assert_ok();
+    let deadline = Instant::now() + REPLY_WAIT;
+    while cluster.sandbox.calls(Endpoint::SendBySession) < 1 {
+        assert!(Instant::now() < deadline, "the reply was never attempted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The silence is in Redis once A has handled the refusal.
+    let key = format!("{}t:{BOUND}", cluster.prefix);
+    while redis.command(&format!("EXISTS {key}")).as_deref() != Some(":1\r\n") {
+        assert!(
+            Instant::now() < deadline,
+            "no 130101 silence recorded in Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for i in 1..3 {
+        let out = cluster.at(i).group_text(BOUND, "/help");
+        let answer = cluster.at(i).send(&out).await;
+        assert_eq!(
+            answer.json(),
+            json!({"status": "rate_limited"}),
+            "{answer:?}"
+        );
+        cluster.at(i).assert_no_reply(&out.session).await;
+    }
+    // Another group is not affected.
+    let other = cluster.at(2).group_text(FIXTURE_GROUP, "/help");
+    cluster.at(2).send(&other).await.assert_ok();
+    cluster.at(2).replies(&other.session, 1).await;
+}
