@@ -9,14 +9,16 @@
 //! | key | holds | TTL |
 //! |---|---|---|
 //! | `r:<timestamp>:<sign>` | set of message fingerprints the pair carried | until the timestamp leaves the clock window |
-//! | `m:<msgId>` | `1` | the clock window |
+//! | `m:<msgId>` | `<attempt token>:<verdict>:<retry after>` (`1` when written back from a backlog) | the clock window |
 //! | `g:<cid>` | GCRA theoretical arrival time (ms, Redis clock) | until the budget is full again |
 //! | `n:<cid>` | `1`: the slow-down notice was sent | 60 s |
 //! | `t:<cid>` | `1`: DingTalk throttled the group (130101) | DingTalk's penalty |
 //!
 //! **Degraded mode.** Every callback Redis takes is also recorded in a [`MemoryAdmission`]
 //! of this replica (dedupe, replay, and the replica's share of the budget). When a call
-//! fails or exceeds `state.command_timeout_ms`, the backend is marked down and that
+//! fails or exceeds `state.command_timeout_ms` twice (the script is sent again once, with
+//! the same attempt token, so the repeat cannot count the callback twice), the backend is
+//! marked down and that
 //! callback — and every later one until Redis is back — is decided by the local memory:
 //! budgets and dedupe are then per replica. **A call whose outcome is unknown (a timeout
 //! after Redis may have applied it) counts as taken by this replica**: it is decided
@@ -51,9 +53,19 @@ const PING_WHILE_UP: Duration = Duration::from_secs(5);
 ///
 /// KEYS: replay, dedupe, gcra, notice, throttle. ARGV: signed (0/1), fingerprint,
 /// replay TTL ms, messages per signature, dedupe TTL ms, emission interval ms, burst,
-/// notice window ms. Returns `{code, retry_after_secs}`: 0 answer, 1 slow down,
-/// 2 limited, 3 duplicate, 4 replayed.
+/// notice window ms, attempt token. Returns `{code, retry_after_secs}`: 0 answer, 1 slow
+/// down, 2 limited, 3 duplicate, 4 replayed.
+///
+/// The dedupe key keeps `token:code:retry`: the same call sent again (a retry after a
+/// dropped connection, when the first may or may not have been applied) gets the verdict
+/// the first one got instead of "duplicate", so a retry is safe.
 const ADMIT: &str = r"
+local token = ARGV[9]
+local prior = redis.call('GET', KEYS[2])
+if prior and string.sub(prior, 1, #token + 1) == token .. ':' then
+  local code, retry = string.match(prior, ':(%d+):(%d+)$')
+  return {tonumber(code), tonumber(retry)}
+end
 local fresh = false
 if ARGV[1] == '1' then
   if redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 0 then
@@ -63,35 +75,39 @@ if ARGV[1] == '1' then
     fresh = true
   end
 end
-local taken = redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[5])
 if fresh then
   redis.call('SADD', KEYS[1], ARGV[2])
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
 end
-if not taken then
+if prior then
   return {3, 0}
 end
+local code, retry = 0, 0
 local silenced = redis.call('PTTL', KEYS[5])
 if silenced > 0 then
-  return {2, math.ceil(silenced / 1000)}
+  code, retry = 2, math.ceil(silenced / 1000)
+else
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local interval = tonumber(ARGV[6])
+  local burst = tonumber(ARGV[7])
+  local tat = tonumber(redis.call('GET', KEYS[3]) or now)
+  if tat < now then tat = now end
+  local wait = tat - (burst - 1) * interval - now
+  if wait <= 0 then
+    local next_tat = tat + interval
+    redis.call('SET', KEYS[3], next_tat, 'PX', next_tat - now)
+  else
+    retry = math.max(1, math.ceil(wait / 1000))
+    if redis.call('SET', KEYS[4], '1', 'NX', 'PX', ARGV[8]) then
+      code = 1
+    else
+      code = 2
+    end
+  end
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local interval = tonumber(ARGV[6])
-local burst = tonumber(ARGV[7])
-local tat = tonumber(redis.call('GET', KEYS[3]) or now)
-if tat < now then tat = now end
-local wait = tat - (burst - 1) * interval - now
-if wait <= 0 then
-  local next_tat = tat + interval
-  redis.call('SET', KEYS[3], next_tat, 'PX', next_tat - now)
-  return {0, 0}
-end
-local retry = math.max(1, math.ceil(wait / 1000))
-if redis.call('SET', KEYS[4], '1', 'NX', 'PX', ARGV[8]) then
-  return {1, retry}
-end
-return {2, retry}
+redis.call('SET', KEYS[2], token .. ':' .. code .. ':' .. retry, 'PX', ARGV[5])
+return {code, retry}
 ";
 
 /// A callback decided locally, to be written into Redis when it is back.
@@ -220,6 +236,7 @@ impl RedisAdmission {
             Some((k, fp, ttl)) => (k.as_str(), fp.as_str(), *ttl, "1"),
             None => ("", "", 1, "0"),
         };
+        let token = format!("{:016x}", rand::random::<u64>());
         let mut call = self.script.key(replay_key);
         call.key(&keys.dedupe_key)
             .key(self.redis.key("g", t.group))
@@ -232,12 +249,30 @@ impl RedisAdmission {
             .arg(keys.dedupe_ttl_ms)
             .arg(self.interval_ms)
             .arg(self.burst.get())
-            .arg(NOTICE_WINDOW_MS);
-        let mut conn = self.redis.conn();
-        let (code, retry): (i64, u64) = self
-            .redis
-            .run("admit", call.invoke_async(&mut conn))
-            .await?;
+            .arg(NOTICE_WINDOW_MS)
+            .arg(&token);
+        // Sent again once if it fails (a dropped connection, e.g. after Redis restarted):
+        // the token makes a repeat return the first call's verdict. A second failure
+        // decides the callback locally (see the module docs).
+        let mut failure = String::new();
+        let mut answer = None;
+        for _ in 0..2 {
+            telemetry::state_round_trip("admit");
+            let mut conn = self.redis.conn();
+            let sent = call.invoke_async::<(i64, u64)>(&mut conn);
+            match tokio::time::timeout(self.redis.command_timeout(), sent).await {
+                Ok(Ok(value)) => {
+                    answer = Some(value);
+                    break;
+                }
+                Ok(Err(e)) => failure = crate::state::redis_reason(&e),
+                Err(_) => failure = "timed out".into(),
+            }
+        }
+        let Some((code, retry)) = answer else {
+            self.redis.mark_down("admit", &failure);
+            return None;
+        };
         let verdict = match code {
             0 => Verdict::Answer,
             1 => Verdict::SlowDown {

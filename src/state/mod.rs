@@ -18,8 +18,9 @@
 pub mod bindings;
 pub mod cache;
 
+use std::cell::RefCell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -54,8 +55,24 @@ impl BackendStatus {
     };
 }
 
+/// Tells [`Redis`] handles apart in the per-thread connection table (tests run several
+/// replicas in one process).
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// This thread's connections, by [`Redis`] handle: each HTTP worker (its own
+    /// single-threaded runtime) talks to Redis on a connection driven on that same thread,
+    /// so a callback's round trip wakes no other thread.
+    static CONNECTIONS: RefCell<Vec<(u64, ConnectionManager)>> = const { RefCell::new(Vec::new()) };
+}
+
 /// The shared Redis handle.
 pub struct Redis {
+    /// Tells this handle's per-thread connections apart.
+    id: u64,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    /// Used where a thread has no connection of its own yet and cannot make one.
     conn: ConnectionManager,
     prefix: String,
     command_timeout: Duration,
@@ -113,10 +130,13 @@ impl Redis {
             .set_connection_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
             .map_err(|e| StateError::Url(format!("{:?}", e.kind())))?;
         telemetry::state_backend_up(true);
         Ok(Arc::new(Redis {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            client,
+            config,
             conn,
             prefix: settings.key_prefix.clone(),
             command_timeout,
@@ -141,9 +161,28 @@ impl Redis {
         &self.shown
     }
 
-    /// A connection handle (a cheap clone of the shared multiplexed connection).
+    /// This thread's connection (multiplexed, auto-reconnecting), made on first use: its
+    /// driver task then runs on this thread's runtime, so an HTTP worker's round trip to
+    /// Redis involves no other thread (a shared connection driven elsewhere costs two
+    /// cross-thread wake-ups per command). One connection per worker thread.
     pub fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.conn.clone();
+        }
+        CONNECTIONS.with(|table| {
+            let mut table = table.borrow_mut();
+            if let Some((_, conn)) = table.iter().find(|(id, _)| *id == self.id) {
+                return conn.clone();
+            }
+            match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
+            {
+                Ok(conn) => {
+                    table.push((self.id, conn.clone()));
+                    conn
+                }
+                Err(_) => self.conn.clone(),
+            }
+        })
     }
 
     /// `state.command_timeout_ms`.
