@@ -59,6 +59,9 @@ pub struct ServerSettings {
     pub queue_wait_ms: u64,
     /// Seconds to finish in-flight callbacks and replies after SIGTERM/SIGINT.
     pub shutdown_grace_secs: u64,
+    /// Milliseconds a client has to send a request's head, and a verified callback's whole
+    /// body (counted from the end of its head); then 408 and the connection is closed.
+    pub read_timeout_ms: u64,
     /// HTTP worker threads; 0 means one per CPU.
     pub workers: usize,
 }
@@ -82,9 +85,13 @@ pub struct DingTalkSettings {
     pub extra_webhook_hosts: Vec<String>,
     /// Timeout of every outbound HTTP call, in milliseconds.
     pub request_timeout_ms: u64,
-    /// How many distinct messages one (timestamp, sign) pair may carry; a further body
-    /// with the same pair is refused as a replay.
+    /// How many messages with distinct msgIds one (timestamp, sign) pair, i.e. one signed
+    /// millisecond, may carry (k); once it has, the pair is refused from the headers.
     pub max_messages_per_signature: usize,
+    /// Seconds a msgId is remembered, so that a redelivery is not answered twice.
+    pub dedupe_ttl_secs: u64,
+    /// Entries of the msgId dedupe table (8 bytes each, allocated at start).
+    pub dedupe_capacity: usize,
     /// API calls to DingTalk on the wire at once, and as many reply POSTs; each uses
     /// one pooled keep-alive connection, so this also caps connections and TLS handshakes.
     pub max_parallel_requests: usize,
@@ -234,6 +241,7 @@ fn defaults() -> serde_json::Value {
             "max_in_flight": 1024,
             "queue_wait_ms": 1000,
             "shutdown_grace_secs": 10,
+            "read_timeout_ms": 5000,
             "workers": 0,
         },
         "dingtalk": {
@@ -242,7 +250,9 @@ fn defaults() -> serde_json::Value {
             "max_clock_skew_secs": 3600,
             "extra_webhook_hosts": [],
             "request_timeout_ms": 5000,
-            "max_messages_per_signature": 1,
+            "max_messages_per_signature": 3,
+            "dedupe_ttl_secs": 600,
+            "dedupe_capacity": 262_144,
             "max_parallel_requests": 32,
             "reply_client": "auto",
         },
@@ -381,6 +391,12 @@ impl Settings {
                 "must be at most 10000 (0 = refuse at once)".into(),
             );
         }
+        if !(500..=60_000).contains(&self.server.read_timeout_ms) {
+            return err(
+                "server.read_timeout_ms",
+                "must be between 500 and 60000".into(),
+            );
+        }
         if self.server.workers > 256 {
             return err(
                 "server.workers",
@@ -435,6 +451,18 @@ impl Settings {
             return err(
                 "dingtalk.max_messages_per_signature",
                 "must be between 1 and 1000".into(),
+            );
+        }
+        if !(60..=24 * 3600).contains(&self.dingtalk.dedupe_ttl_secs) {
+            return err(
+                "dingtalk.dedupe_ttl_secs",
+                "must be between 60 and 86400".into(),
+            );
+        }
+        if !(1024..=16_777_216).contains(&self.dingtalk.dedupe_capacity) {
+            return err(
+                "dingtalk.dedupe_capacity",
+                "must be between 1024 and 16777216".into(),
             );
         }
         if !(1..=10_000).contains(&self.rate_limit.per_group_per_minute) {

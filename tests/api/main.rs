@@ -18,5 +18,7 @@ mod overload;
 mod ratelimit;
 mod rejections;
 mod rendering;
+mod restart;
+mod stalls;
 mod throttle;
 mod token;
