@@ -124,9 +124,9 @@ impl ReplayRing {
             return 0;
         }
         let (w, shift) = self.cell(ts_ms);
-        self.words
-            .get(w)
-            .map_or(0, |word| (word.load(Ordering::Acquire) >> shift) & self.mask)
+        self.words.get(w).map_or(0, |word| {
+            (word.load(Ordering::Acquire) >> shift) & self.mask
+        })
     }
 
     /// Whether `ts_ms` already carried k messages, or the ring no longer covers it.
@@ -226,9 +226,7 @@ impl ReplayRing {
     /// Replaces the cells with `image` if it has this ring's shape; false (nothing
     /// changed) if not. Cells that left the window meanwhile are cleared on next use.
     pub fn import(&self, image: &RingImage) -> bool {
-        if image.bits != self.bits
-            || image.len != self.len
-            || image.words.len() != self.words.len()
+        if image.bits != self.bits || image.len != self.len || image.words.len() != self.words.len()
         {
             return false;
         }
@@ -347,10 +345,7 @@ impl DedupeSet {
         let (bucket, t) = self.locate(msg_id);
         let now_s = secs(now_ms);
         let mut entries = bucket.lock().unwrap_or_else(|e| e.into_inner());
-        if entries
-            .iter()
-            .any(|&e| tag(e) == t && expires_s(e) > now_s)
-        {
+        if entries.iter().any(|&e| tag(e) == t && expires_s(e) > now_s) {
             return Admit::Duplicate;
         }
         let r = match first() {
@@ -523,7 +518,10 @@ mod tests {
     fn dedupe_answers_seen_before_until_the_ttl() {
         let set = DedupeSet::new(64, 10_000);
         assert_eq!(set.admit("m1", T0, || Ok::<_, ()>(())), Admit::Recorded(()));
-        assert_eq!(set.admit("m1", T0 + 5_000, || Ok::<_, ()>(())), Admit::Duplicate);
+        assert_eq!(
+            set.admit("m1", T0 + 5_000, || Ok::<_, ()>(())),
+            Admit::Duplicate
+        );
         assert!(set.contains("m1", T0 + 9_000));
         assert!(!set.contains("m1", T0 + 11_000));
         assert_eq!(

@@ -11,7 +11,6 @@
 
 use std::time::Duration;
 
-
 use actix_web::http::header::{self, HeaderName};
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;

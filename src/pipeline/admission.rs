@@ -371,7 +371,8 @@ impl AdmissionState for MemoryAdmission {
         self.replay.advance(now_ms);
         self.last_dedupe
             .store(self.dedupe.live(now_ms), Ordering::Relaxed);
-        self.last_replay.store(self.replay.used(), Ordering::Relaxed);
+        self.last_replay
+            .store(self.replay.used(), Ordering::Relaxed);
         self.remembered()
     }
 
@@ -620,7 +621,10 @@ mod tests {
             let group = format!("g{}", i % 100);
             let v = s.decide(&ticket(&id, &group, NOW - 1_000_000 + i), NOW);
             assert!(
-                matches!(v, Verdict::Answer | Verdict::SlowDown { .. } | Verdict::Limited),
+                matches!(
+                    v,
+                    Verdict::Answer | Verdict::SlowDown { .. } | Verdict::Limited
+                ),
                 "callback {i}: {v:?}"
             );
         }

@@ -31,8 +31,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use admission::{
-    AdmissionState, MemoryAdmission, MemoryOptions, PairCheck, Remembered, Restored,
-    STATE_FILE, SignedPair, Ticket, Verdict,
+    AdmissionState, MemoryAdmission, MemoryOptions, PairCheck, Remembered, Restored, STATE_FILE,
+    SignedPair, Ticket, Verdict,
 };
 
 use crate::bot::{Bot, Task};
