@@ -12,7 +12,7 @@ exits 1 if any invariant fails (2 on usage / setup errors).
 Request kinds (each with its own expected answer; see KINDS):
   valid     signed /info (or /help) callback: unique msgId, its own timestamp + sign,
             conversationId spread over --groups groups            -> 200 {}
-  retry     an accepted callback resent byte for byte (DingTalk's retry)
+  retry     an accepted callback's body resent, signed anew (DingTalk's retry)
                                                                     -> 200 {"status":"duplicate"}
   replay    an accepted (timestamp, sign) pair with another body   -> 401 replayed
   forged    fresh timestamp, well-formed wrong sign                -> 401 bad_signature
@@ -263,7 +263,10 @@ class Soak:
             self.groups_hit.add(group)
             return kind, ts, sign, self.body(group, text, self.webhook, int(ts))
         if kind == "retry":
-            ts, sign, body = rng.choice(self.pool)
+            # DingTalk signs a redelivery anew; the msgId makes it a duplicate. (The old
+            # pair itself is spent: with k = 1 it is refused from the headers.)
+            _, _, body = rng.choice(self.pool)
+            ts, sign = self.signer.fresh()
             return kind, ts, sign, body
         if kind == "replay":
             ts, sign, _ = rng.choice(self.pool)

@@ -259,10 +259,19 @@ fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Temp files a crash left behind (never the live file).
 fn remove_stale_temp_files(dir: &Path) {
+    remove_stale_temp_files_of(&dir.join(BINDINGS_FILE));
+}
+
+/// Removes the temp files a crash during [`write_atomically`]`(path, …)` left behind
+/// (never `path` itself).
+pub fn remove_stale_temp_files_of(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
-    let prefix = format!(".{BINDINGS_FILE}.");
+    let prefix = format!(".{}.", name.to_string_lossy());
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();

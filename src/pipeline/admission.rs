@@ -236,6 +236,7 @@ impl MemoryAdmission {
         let Some(path) = self.options.state_file.clone() else {
             return Ok(Restored::FirstStart);
         };
+        crate::store::remove_stale_temp_files_of(&path);
         let restored = match std::fs::read(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Restored::FirstStart,
             Err(e) => Restored::Unclean {
