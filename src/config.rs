@@ -33,11 +33,14 @@ const STRING_KEYS: [&str; 4] = [
 ];
 
 /// `(key, lowest, highest, note)` of every number with a range.
-const RANGES: [(&str, u64, u64, &str); 12] = [
+const RANGES: [(&str, u64, u64, &str); 15] = [
     ("server.body_limit_bytes", 1024, 16 * 1024 * 1024, ""),
     ("server.max_in_flight", 1, 1_000_000, ""),
     ("server.queue_wait_ms", 0, 10_000, " (0 = refuse at once)"),
     ("server.workers", 0, 256, " (0 = one per CPU)"),
+    ("server.read_timeout_ms", 500, 60_000, ""),
+    ("dingtalk.dedupe_ttl_secs", 60, 86_400, ""),
+    ("dingtalk.dedupe_capacity", 1024, 16_777_216, ""),
     (
         "dingtalk.max_clock_skew_secs",
         60,
@@ -109,6 +112,9 @@ pub struct ServerSettings {
     pub queue_wait_ms: u64,
     /// Seconds to finish in-flight callbacks and replies after SIGTERM/SIGINT.
     pub shutdown_grace_secs: u64,
+    /// Milliseconds a client has to send a request's head, and a verified callback's whole
+    /// body (counted from the end of its head); then 408 and the connection is closed.
+    pub read_timeout_ms: u64,
     /// HTTP worker threads; 0 means one per CPU.
     pub workers: usize,
 }
@@ -122,6 +128,7 @@ impl Default for ServerSettings {
             max_in_flight: NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN),
             queue_wait_ms: 1000,
             shutdown_grace_secs: 10,
+            read_timeout_ms: 5000,
             workers: 0,
         }
     }
@@ -148,9 +155,13 @@ pub struct DingTalkSettings {
     pub webhook_paths: Vec<String>,
     /// Timeout of every outbound HTTP call, in milliseconds.
     pub request_timeout_ms: u64,
-    /// How many distinct messages one (timestamp, sign) pair may carry; a further body
-    /// with the same pair is refused as a replay.
+    /// How many messages with distinct msgIds one (timestamp, sign) pair, i.e. one signed
+    /// millisecond, may carry (k); once it has, the pair is refused from the headers.
     pub max_messages_per_signature: NonZeroUsize,
+    /// Seconds a msgId is remembered, so that a redelivery is not answered twice.
+    pub dedupe_ttl_secs: u64,
+    /// Entries of the msgId dedupe table (8 bytes each, allocated at start).
+    pub dedupe_capacity: usize,
     /// API calls to DingTalk on the wire at once, and as many reply POSTs; each uses
     /// one pooled keep-alive connection, so this also caps connections and TLS handshakes.
     pub max_parallel_requests: NonZeroUsize,
@@ -169,7 +180,9 @@ impl Default for DingTalkSettings {
             extra_webhook_hosts: Vec::new(),
             webhook_paths: vec!["/robot/sendBySession".into()],
             request_timeout_ms: 5000,
-            max_messages_per_signature: NonZeroUsize::MIN,
+            max_messages_per_signature: NonZeroUsize::new(3).unwrap_or(NonZeroUsize::MIN),
+            dedupe_ttl_secs: 600,
+            dedupe_capacity: 262_144,
             max_parallel_requests: NonZeroUsize::new(32).unwrap_or(NonZeroUsize::MIN),
             reply_client: ReplyClientChoice::Auto,
         }

@@ -18,6 +18,8 @@ mod overload;
 mod ratelimit;
 mod rejections;
 mod rendering;
+mod restart;
 mod shapes;
+mod stalls;
 mod throttle;
 mod token;
