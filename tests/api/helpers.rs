@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use actix_web::web::Data;
 use dingbot::clock::now_ms;
-use dingbot::config::{GroupBinding, Language, Settings};
+use dingbot::config::{GroupBinding, Language, ReplyFallback, Settings};
 use dingbot::demo::{SignedCallback, sandbox_settings, unique_timestamp};
 use dingbot::dingtalk::ReplyClientChoice;
 use dingbot::dingtalk::signature::sign;
@@ -68,6 +68,10 @@ pub struct TestConfig {
     pub faults_before_start: Vec<(Endpoint, Fault, u32)>,
     /// `dingtalk.reply_client` (default `auto`: the direct client in tests).
     pub reply_client: Option<ReplyClientChoice>,
+    /// `reply.fallback` (default `robot_api`).
+    pub fallback: Option<ReplyFallback>,
+    /// `reply.robot_code` (default unset).
+    pub robot_code: Option<String>,
 }
 
 impl Default for TestConfig {
@@ -84,6 +88,8 @@ impl Default for TestConfig {
             queue_wait_ms: None,
             faults_before_start: Vec::new(),
             reply_client: None,
+            fallback: None,
+            robot_code: None,
         }
     }
 }
@@ -224,6 +230,12 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut TestConfig)) -> TestApp 
     }
     if let Some(choice) = cfg.reply_client {
         settings.dingtalk.reply_client = choice;
+    }
+    if let Some(fallback) = cfg.fallback {
+        settings.reply.fallback = fallback;
+    }
+    if cfg.robot_code.is_some() {
+        settings.reply.robot_code = cfg.robot_code;
     }
     launch(sandbox, org, &settings).await
 }
