@@ -211,13 +211,13 @@ impl ReplySender {
             Err(e) if e.kind() == ErrorKind::SendTooFast => throttled(),
             Err(e) => {
                 if e.kind() == ErrorKind::NoPermission {
-                    let permission = e
-                        .missing_scope()
-                        .unwrap_or_else(|| ROBOT_SEND_SCOPE.to_string());
+                    // DingTalk's own words (escaped): normally the same scope.
+                    let named = e.missing_scope();
                     tracing::error!(
                         endpoint = e.endpoint().label(),
-                        permission = %permission,
-                        "the app lacks the {permission} permission the robot send APIs need: grant it in the developer console and publish the app (or set reply.fallback = \"none\")"
+                        permission = ROBOT_SEND_SCOPE,
+                        dingtalk_named = ?named,
+                        "the app lacks the {ROBOT_SEND_SCOPE} permission the robot send APIs need: grant it in the developer console and publish the app (or set reply.fallback = \"none\")"
                     );
                 }
                 Delivery::Failed(e)

@@ -727,6 +727,8 @@ pub(crate) async fn robot_oto_send(
         }
         let (known, invalid): (Vec<String>, Vec<String>) =
             ids.into_iter().partition(|id| state.user(id).is_some());
+        let (limited, known): (Vec<String>, Vec<String>) =
+            known.into_iter().partition(|id| state.flow_controlled(id));
         if !known.is_empty() {
             state.record(SentMessage {
                 session: String::new(),
@@ -739,7 +741,7 @@ pub(crate) async fn robot_oto_send(
         Reply::ok(&json!({
             "processQueryKey": process_query_key(),
             "invalidStaffIdList": invalid,
-            "flowControlledStaffIdList": [],
+            "flowControlledStaffIdList": limited,
             "filteredStaffIdList": [],
         }))
     })

@@ -212,6 +212,12 @@ impl Sandbox {
         self.inner.state.set_robot_send_denied(!granted);
     }
 
+    /// Puts `userid` under flow control: `oToMessages/batchSend` lists it in
+    /// `flowControlledStaffIdList` and sends it nothing.
+    pub fn flow_control(&self, userid: &str) {
+        self.inner.state.flow_control(userid);
+    }
+
     /// The messages received through one API (e.g. `Endpoint::RobotGroupSend`), oldest
     /// first.
     pub fn messages_via(&self, via: Endpoint) -> Vec<SentMessage> {

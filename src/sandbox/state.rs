@@ -134,6 +134,8 @@ pub(crate) struct State {
     ended_sessions: Mutex<HashSet<String>>,
     /// Whether the app lacks `qyapi_robot_sendmsg` (the robot send APIs answer 403).
     robot_send_denied: AtomicBool,
+    /// Userids `oToMessages/batchSend` lists as flow-controlled instead of sending to.
+    flow_controlled: Mutex<HashSet<String>>,
 }
 
 impl State {
@@ -159,6 +161,7 @@ impl State {
             sink: Sink::default(),
             ended_sessions: Mutex::new(HashSet::new()),
             robot_send_denied: AtomicBool::new(false),
+            flow_controlled: Mutex::new(HashSet::new()),
         };
         for group in groups {
             state.put_group(group);
@@ -277,6 +280,22 @@ impl State {
 
     pub(crate) fn robot_send_denied(&self) -> bool {
         self.robot_send_denied.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn flow_control(&self, userid: &str) {
+        let mut users = self
+            .flow_controlled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        users.insert(userid.to_owned());
+    }
+
+    pub(crate) fn flow_controlled(&self, userid: &str) -> bool {
+        let users = self
+            .flow_controlled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        users.contains(userid)
     }
 
     // ---- counters -----------------------------------------------------------------

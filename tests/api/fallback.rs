@@ -275,6 +275,32 @@ async fn send_too_fast_on_the_robot_api_silences_the_group() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_control_on_oto_batch_send_silences_the_chat() {
+    let app = spawn_app_with(|c| c.learn_fixture_group = false).await;
+    app.sandbox.flow_control(USER);
+    let out = one_to_one(&app, APP_KEY);
+    app.sandbox.end_session(&out.session);
+    app.send(&out).await.assert_accepted();
+    let deadline = Instant::now() + REPLY_WAIT;
+    while app.sandbox.calls(Endpoint::RobotOtoSend) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(ABSENCE_WAIT).await;
+    // Not retried; the chat is kept silent like a group after 130101.
+    let mut next = one_to_one(&app, APP_KEY);
+    next.body["conversationId"] = out.body["conversationId"].clone();
+    let answer = app.send(&next).await;
+    assert_eq!(
+        answer.json(),
+        json!({ "status": "rate_limited" }),
+        "{answer:?}"
+    );
+    tokio::time::sleep(ABSENCE_WAIT).await;
+    assert_eq!(app.sandbox.calls(Endpoint::RobotOtoSend), 1);
+    assert_eq!(app.sandbox.message_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_token_is_replaced_once_for_the_robot_api() {
     let app = spawn_app().await;
     // The cached token (from startup) stops working before the fallback uses it.
