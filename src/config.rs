@@ -25,8 +25,9 @@ use url::Url;
 pub const ENV_PREFIX: &str = "DINGBOT_";
 
 /// Keys whose environment values stay strings even when they look like numbers.
-const STRING_KEYS: [&str; 4] = [
+const STRING_KEYS: [&str; 5] = [
     "dingtalk.app_key",
+    "reply.robot_code",
     "dingtalk.app_secret",
     "storage.data_dir",
     "bot.templates_dir",
@@ -89,6 +90,8 @@ pub struct Settings {
     pub group_info: GroupInfoSettings,
     /// Where dingbot keeps what must survive a restart (`/bind` bindings).
     pub storage: StorageSettings,
+    /// How replies reach the chat when the sessionWebhook cannot take them.
+    pub reply: ReplySettings,
     /// Groups whose legacy `chatid` the admin knows (created through the server API).
     pub groups: Vec<GroupBinding>,
 }
@@ -352,6 +355,29 @@ impl InfoSource {
     }
 }
 
+/// `[reply]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplySettings {
+    /// What to do when the sessionWebhook refuses a reply for good or has expired.
+    pub fallback: ReplyFallback,
+    /// `robotCode` for the robot send APIs; unset: the callback's `robotCode`, else
+    /// `dingtalk.app_key` (an internal app's robot code is its AppKey).
+    pub robot_code: Option<String>,
+}
+
+/// `reply.fallback`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyFallback {
+    /// Send through the robot send APIs (`groupMessages/send`, `oToMessages/batchSend`;
+    /// needs the `qyapi_robot_sendmsg` permission).
+    #[default]
+    RobotApi,
+    /// No second path: the reply is lost (and an expired sessionWebhook refused).
+    None,
+}
+
 /// `[storage]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -542,6 +568,15 @@ impl Settings {
                 "group_info.sources",
                 format!("{:?} is listed twice", s.name()),
             );
+        }
+        if self
+            .reply
+            .robot_code
+            .as_deref()
+            .is_some_and(|c| c.trim().is_empty())
+        {
+            let problem = "must not be empty when given (leave it out to use the callback's robotCode or the app_key)";
+            return fail("reply.robot_code", problem.into());
         }
         if self.storage.data_dir.as_os_str().is_empty() {
             return fail(

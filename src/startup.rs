@@ -11,7 +11,8 @@ use actix_web::{App, HttpServer, web};
 use tokio_util::sync::CancellationToken;
 
 use crate::bot::{Bot, BotOptions, GroupDirectory};
-use crate::config::{BaseUrl, Settings};
+use crate::config::{BaseUrl, ReplyFallback, Settings};
+use crate::dingtalk::sender::RobotApi;
 use crate::dingtalk::transport::http_client;
 use crate::dingtalk::{
     DingTalkClient, ReplyHttp, ReplySender, RetryPolicy, Verifier, WebhookPolicy,
@@ -78,7 +79,8 @@ pub struct Application {
 }
 
 /// The DingTalk side: the API client and the reply sender, sharing one pooled reqwest
-/// client (the sender only uses it when a proxy is configured).
+/// client (the sender uses it when a proxy is configured, and for the robot send APIs of
+/// `reply.fallback = "robot_api"`, with tokens from the client's cache).
 fn dingtalk(settings: &Settings) -> Result<(Arc<DingTalkClient>, Arc<ReplySender>), StartupError> {
     let dt = &settings.dingtalk;
     let timeout = Duration::from_millis(dt.request_timeout_ms);
@@ -99,8 +101,18 @@ fn dingtalk(settings: &Settings) -> Result<(Arc<DingTalkClient>, Arc<ReplySender
         (name, _) => tracing::debug!(reply_client = name, "reply client"),
     }
     let sender = ReplySender::new(reply_http, dt.max_parallel_requests.get(), retry);
-    let client = DingTalkClient::from_settings(dt, http, retry);
-    Ok((Arc::new(client), Arc::new(sender)))
+    let client = Arc::new(DingTalkClient::from_settings(dt, http.clone(), retry));
+    let sender = match settings.reply.fallback {
+        ReplyFallback::RobotApi => sender.with_fallback(RobotApi::new(
+            http,
+            dt.api_base.as_str(),
+            client.clone(),
+            settings.reply.robot_code.clone(),
+            &dt.app_key,
+        )),
+        ReplyFallback::None => sender,
+    };
+    Ok((client, Arc::new(sender)))
 }
 
 /// Where replies may go: `oapi_base` and the configured extra origins, on the configured

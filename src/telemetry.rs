@@ -213,6 +213,13 @@ pub fn cache(cache: &'static str, hit: bool) {
     counter!("dingbot_cache_total", "cache" => cache, "result" => result).increment(1);
 }
 
+/// Counts a reply that went through the robot send APIs instead of the sessionWebhook:
+/// `reason` `expired`, `session_gone` or `webhook_failed`; `result` `sent`, `failed` or
+/// `throttled`. (The reply is also counted once in `dingbot_replies_total`.)
+pub fn reply_fallback(reason: &'static str, result: &'static str) {
+    counter!("dingbot_reply_fallbacks_total", "reason" => reason, "result" => result).increment(1);
+}
+
 /// Counts a reply by result: `sent`, `failed`, `throttled`.
 pub fn reply(result: &'static str) {
     if let Some(h) = HANDLES.get()

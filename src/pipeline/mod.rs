@@ -36,6 +36,7 @@ pub use admission::{
 };
 
 use crate::bot::{Bot, Task};
+use crate::dingtalk::sender::ReplyTarget;
 use crate::dingtalk::{Callback, Delivery, ReplySender, WebhookPolicy, WebhookRefusal};
 use crate::telemetry;
 
@@ -80,6 +81,9 @@ pub struct Job {
     pub callback: Callback,
     /// Its checked sessionWebhook.
     pub webhook: Uri,
+    /// Whether the sessionWebhook had expired at admission (admitted only when replies
+    /// fall back to the robot send APIs, which then carry the reply).
+    pub webhook_expired: bool,
     /// The answer or the slow-down notice.
     pub task: Task,
 }
@@ -198,14 +202,24 @@ impl Pipeline {
         signature: Option<SignedPair<'_>>,
         now_ms: i64,
     ) -> Result<Decision, Refusal> {
-        let webhook = self
-            .webhooks
-            .check(
-                &callback.session_webhook,
-                callback.session_webhook_expired_time,
-                now_ms,
-            )
-            .map_err(Refusal::Webhook)?;
+        // An expired sessionWebhook is still answered when the robot send APIs can carry
+        // the reply; its origin and path must pass all the same.
+        let (webhook, webhook_expired) = match self.webhooks.check(
+            &callback.session_webhook,
+            callback.session_webhook_expired_time,
+            now_ms,
+        ) {
+            Ok(webhook) => (webhook, false),
+            Err(WebhookRefusal::Expired) if self.sender.falls_back() => {
+                let webhook = self
+                    .webhooks
+                    .check(&callback.session_webhook, None, now_ms)
+                    .map_err(Refusal::Webhook)?;
+                tracing::info!("sessionWebhook expired; the reply goes through the robot send API");
+                (webhook, true)
+            }
+            Err(refusal) => return Err(Refusal::Webhook(refusal)),
+        };
         let ticket = Ticket {
             msg_id: &callback.msg_id,
             group: &callback.conversation_id,
@@ -232,6 +246,7 @@ impl Pipeline {
         Ok(Decision::Reply(Job {
             callback,
             webhook,
+            webhook_expired,
             task,
         }))
     }
@@ -255,12 +270,21 @@ impl Pipeline {
         let Job {
             callback,
             webhook,
+            webhook_expired,
             task,
         } = job;
         // Boxed where they are made: the task then stays a few hundred bytes instead of
         // tens of kilobytes copied at every spawn.
         let message = Box::pin(self.bot.respond(&callback, task)).await;
-        let delivery = Box::pin(self.sender.deliver(&webhook, &message)).await;
+        let target = ReplyTarget {
+            webhook: &webhook,
+            webhook_expired,
+            kind: callback.kind,
+            open_conversation_id: &callback.conversation_id,
+            sender_staff_id: callback.sender_staff_id.as_deref(),
+            robot_code: callback.robot_code.as_deref(),
+        };
+        let delivery = Box::pin(self.sender.deliver(&target, &message)).await;
         match &delivery {
             Delivery::Sent => {
                 telemetry::reply("sent");

@@ -7,6 +7,7 @@ mod coalescing;
 mod config_cli;
 mod dedupe;
 mod delivery;
+mod fallback;
 mod fixtures;
 mod groups;
 mod health;
