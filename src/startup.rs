@@ -11,7 +11,8 @@ use actix_web::{App, HttpServer, web};
 use tokio_util::sync::CancellationToken;
 
 use crate::bot::{Bot, BotOptions, GroupDirectory};
-use crate::config::{BaseUrl, Settings, StateBackend};
+use crate::config::{BaseUrl, ReplyFallback, Settings, StateBackend};
+use crate::dingtalk::sender::RobotApi;
 use crate::dingtalk::transport::http_client;
 use crate::dingtalk::{
     DingTalkClient, ReplyHttp, ReplySender, RetryPolicy, Verifier, WebhookPolicy,
@@ -19,14 +20,15 @@ use crate::dingtalk::{
 use crate::http::AppState;
 use crate::pipeline::{
     AdmissionState, MemoryAdmission, MemoryOptions, Parts, Pipeline, RedisAdmission, RedisOptions,
+    Restored, STATE_FILE,
 };
 use crate::render::Renderer;
 use crate::state::Redis;
 use crate::state::cache::SharedGroups;
 use crate::store::BindingStore;
 
-/// Upper bound on remembered msgIds and on remembered signature pairs (each).
-const SEEN_CAPACITY: usize = 2_000_000;
+/// How long an HTTP client has to close its side once dingbot closed the connection.
+const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the HTTP workers get to close their connections once every reply is out.
 const WORKER_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often admission state is swept and the gauges refreshed.
@@ -44,6 +46,14 @@ pub enum StartupError {
     /// The data dir is unusable or `bindings.json` is corrupt.
     #[error(transparent)]
     Storage(#[from] crate::store::StoreError),
+    /// The admission state file cannot be written.
+    #[error("storage.data_dir: {path} cannot be written ({source})")]
+    State {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -57,7 +67,7 @@ pub enum StartupError {
     Http(String),
     /// The shared state backend cannot be set up (a bad `state.redis_url`).
     #[error(transparent)]
-    State(#[from] crate::state::StateError),
+    SharedState(#[from] crate::state::StateError),
 }
 
 /// The running service.
@@ -77,7 +87,8 @@ pub struct Application {
 }
 
 /// The DingTalk side: the API client and the reply sender, sharing one pooled reqwest
-/// client (the sender only uses it when a proxy is configured).
+/// client (the sender uses it when a proxy is configured, and for the robot send APIs of
+/// `reply.fallback = "robot_api"`, with tokens from the client's cache).
 fn dingtalk(settings: &Settings) -> Result<(Arc<DingTalkClient>, Arc<ReplySender>), StartupError> {
     let dt = &settings.dingtalk;
     let timeout = Duration::from_millis(dt.request_timeout_ms);
@@ -98,8 +109,18 @@ fn dingtalk(settings: &Settings) -> Result<(Arc<DingTalkClient>, Arc<ReplySender
         (name, _) => tracing::debug!(reply_client = name, "reply client"),
     }
     let sender = ReplySender::new(reply_http, dt.max_parallel_requests.get(), retry);
-    let client = DingTalkClient::from_settings(dt, http, retry);
-    Ok((Arc::new(client), Arc::new(sender)))
+    let client = Arc::new(DingTalkClient::from_settings(dt, http.clone(), retry));
+    let sender = match settings.reply.fallback {
+        ReplyFallback::RobotApi => sender.with_fallback(RobotApi::new(
+            http,
+            dt.api_base.as_str(),
+            client.clone(),
+            settings.reply.robot_code.clone(),
+            &dt.app_key,
+        )),
+        ReplyFallback::None => sender,
+    };
+    Ok((client, Arc::new(sender)))
 }
 
 /// Where replies may go: `oapi_base` and the configured extra origins, on the configured
@@ -113,19 +134,64 @@ fn webhook_policy(settings: &Settings) -> WebhookPolicy {
     )
 }
 
-/// In-memory admission state for `settings`.
-fn memory_admission(settings: &Settings) -> MemoryAdmission {
-    MemoryAdmission::new(memory_options(settings))
+/// In-memory admission state for `settings`, with the records the previous process saved
+/// in `storage.data_dir` (see [`MemoryAdmission::restore`]).
+fn memory_admission(settings: &Settings) -> Result<MemoryAdmission, StartupError> {
+    let dt = &settings.dingtalk;
+    let start = crate::clock::now_ms();
+    let path = settings.storage.data_dir.join(STATE_FILE);
+    let mut admission = MemoryAdmission::new(
+        MemoryOptions {
+            window_ms: i64::try_from(dt.max_clock_skew_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
+            messages_per_millisecond: dt.max_messages_per_signature.get(),
+            dedupe_capacity: dt.dedupe_capacity,
+            dedupe_ttl_ms: i64::try_from(dt.dedupe_ttl_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
+            per_group_per_minute: settings.rate_limit.per_group_per_minute,
+            state_file: Some(path.clone()),
+        },
+        start,
+    );
+    let restored = admission
+        .restore(start)
+        .map_err(|source| StartupError::State {
+            path: path.display().to_string(),
+            source,
+        })?;
+    let (ring_bytes, dedupe_bytes) = admission.footprint();
+    match restored {
+        Restored::FirstStart => tracing::info!(
+            ring_bytes,
+            dedupe_bytes,
+            "no saved replay record: first start on this data dir"
+        ),
+        Restored::Clean { saved_at_ms } => tracing::info!(
+            ring_bytes,
+            dedupe_bytes,
+            saved_at_ms,
+            "replay and dedupe records of the previous run loaded"
+        ),
+        Restored::Unclean { reason } => tracing::warn!(
+            reason = %reason,
+            refused_before_ms = start,
+            "replay record of the previous run lost: callbacks signed before this start are refused until they leave the clock window"
+        ),
+    }
+    Ok(admission)
 }
 
-/// The settings of in-memory admission state (also the Redis backend's fallback).
-fn memory_options(settings: &Settings) -> MemoryOptions {
+/// The settings of the Redis backend's local fallback: like the memory backend's, but not
+/// kept across restarts (Redis holds the shared record).
+fn fallback_options(settings: &Settings) -> MemoryOptions {
     let dt = &settings.dingtalk;
     MemoryOptions {
-        capacity: SEEN_CAPACITY,
         window_ms: i64::try_from(dt.max_clock_skew_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
-        messages_per_signature: dt.max_messages_per_signature.get(),
+        messages_per_millisecond: dt.max_messages_per_signature.get(),
+        dedupe_capacity: dt.dedupe_capacity,
+        dedupe_ttl_ms: i64::try_from(dt.dedupe_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
         per_group_per_minute: settings.rate_limit.per_group_per_minute,
+        state_file: None,
     }
 }
 
@@ -146,7 +212,7 @@ fn redis_parts(settings: &Settings) -> Result<SharedParts, StartupError> {
         admission: Arc::new(RedisAdmission::new(
             redis,
             RedisOptions {
-                memory: memory_options(settings),
+                memory: fallback_options(settings),
             },
         )),
     })
@@ -216,7 +282,7 @@ impl Application {
             StateBackend::Redis => Some(redis_parts(settings)?),
         };
         let admission: Arc<dyn AdmissionState> = match &shared {
-            None => Arc::new(memory_admission(settings)),
+            None => Arc::new(memory_admission(settings)?),
             Some(parts) => {
                 let options = BotOptions::from_settings(settings);
                 bot = bot.with_shared(
@@ -243,6 +309,7 @@ impl Application {
             pipeline.clone(),
             client.clone(),
             settings.server.body_limit_bytes,
+            Duration::from_millis(settings.server.read_timeout_ms),
         ));
         let (port, server) = http_server(settings, listener, state.clone())?;
 
@@ -351,6 +418,9 @@ impl Application {
         };
         pipeline.close();
         self.background.abort();
+        // Nothing is admitted any more: keep the replay and dedupe records for the next
+        // start.
+        pipeline.persist().await;
         tracing::info!("stopped");
         match result {
             Ok(r) => r,
@@ -378,6 +448,10 @@ fn http_server(
     })
     // Used only after the replies are drained, for what is left.
     .shutdown_timeout(WORKER_STOP_TIMEOUT.as_secs())
+    // A request head must arrive within the read timeout (the body's deadline is the
+    // callback handler's); a closed connection is not held open waiting for the client.
+    .client_request_timeout(Duration::from_millis(settings.server.read_timeout_ms))
+    .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
     // dingbot handles SIGTERM/SIGINT itself so that one grace period covers both the
     // open requests and the replies still being sent (see `run_until_stopped`).
     .disable_signals()

@@ -16,9 +16,11 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::endpoint::Endpoint;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorKind};
 use super::lenient;
-use super::transport::{self, DEFAULT_PARALLEL_REQUESTS, RetryPolicy};
+use super::transport::{
+    self, ACS_TOKEN, BoxFuture, DEFAULT_PARALLEL_REQUESTS, JSON, RetryPolicy, TokenSource,
+};
 use crate::telemetry;
 
 /// `chat_info` of a `chat/get` answer (protocol doc §5.2).
@@ -153,12 +155,6 @@ impl std::fmt::Debug for DingTalkClient {
             .finish_non_exhaustive()
     }
 }
-
-/// The token header of the `/v1.0` API host.
-const ACS_TOKEN: &str = "x-acs-dingtalk-access-token";
-
-/// `Accept` of the `/v1.0` calls: without it an endpoint may answer XML (Node SDK note).
-const JSON: &str = "application/json";
 
 /// Longest chatid accepted (DingTalk's are `chat` and 32 hex digits).
 pub const MAX_CHATID_LEN: usize = 128;
@@ -448,6 +444,41 @@ impl DingTalkClient {
         Ok(answer.result.name)
     }
 
+    /// Whether the app may use the robot send APIs (`qyapi_robot_sendmsg`), for `dingbot
+    /// check`: `groupMessages/send` without an `openConversationId`, which cannot send
+    /// anything. A refusal of the parameters means the permission is there; a permission
+    /// failure (or no answer) is the error. (That DingTalk checks the permission before
+    /// the parameters is how its API gateway behaves elsewhere; unconfirmed for this API.)
+    pub async fn probe_robot_send(&self, robot_code: &str) -> Result<(), ApiError> {
+        const ENDPOINT: Endpoint = Endpoint::RobotGroupSend;
+        let url = format!("{}/v1.0/robot/groupMessages/send", self.api);
+        let body = serde_json::json!({
+            "robotCode": robot_code,
+            "msgKey": "sampleMarkdown",
+            "msgParam": r#"{"title":"dingbot check","text":"dingbot check"}"#,
+        });
+        let answer = self
+            .with_token(ENDPOINT, |token| {
+                let req = self
+                    .http
+                    .post(url.as_str())
+                    .header(ACS_TOKEN, token)
+                    .header(reqwest::header::ACCEPT, JSON)
+                    .json(&body);
+                self.send_api::<serde_json::Value>(ENDPOINT, req)
+            })
+            .await;
+        match answer {
+            Ok(_) => Ok(()),
+            Err(e @ ApiError::Http { status, .. })
+                if (400..500).contains(&status) && e.kind() == ErrorKind::Other =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Runs `call` with a token; on an invalid-token answer drops it and tries once more.
     async fn with_token<T, F, Fut>(&self, endpoint: Endpoint, call: F) -> Result<T, ApiError>
     where
@@ -532,43 +563,18 @@ impl DingTalkClient {
         req: reqwest::RequestBuilder,
     ) -> Result<T, ApiError> {
         let (status, body) = self.send(endpoint, req).await?;
-        if (200..300).contains(&status) {
-            return serde_json::from_slice(&body)
-                .map_err(|_| ApiError::BadBody { endpoint, status });
-        }
-        #[derive(Deserialize, Default)]
-        #[serde(default, rename_all = "camelCase")]
-        struct Failure {
-            code: String,
-            message: String,
-            #[serde(rename = "accessdenieddetail")]
-            access_denied_detail: Option<Denied>,
-        }
-        #[derive(Deserialize, Default)]
-        #[serde(default, rename_all = "camelCase")]
-        struct Denied {
-            required_scopes: Vec<String>,
-        }
-        match serde_json::from_slice::<Failure>(&body) {
-            Ok(f) => Err(ApiError::Http {
-                endpoint,
-                status,
-                code: f.code,
-                message: f.message,
-                required_scopes: f
-                    .access_denied_detail
-                    .map(|d| d.required_scopes)
-                    .unwrap_or_default(),
-            }),
-            Err(_) if status >= 500 => Err(ApiError::BadBody { endpoint, status }),
-            Err(_) => Err(ApiError::Http {
-                endpoint,
-                status,
-                code: String::new(),
-                message: String::new(),
-                required_scopes: Vec::new(),
-            }),
-        }
+        transport::api_answer(endpoint, status, &body)
+    }
+}
+
+/// The reply sender's fallback takes its tokens from the same cache.
+impl TokenSource for DingTalkClient {
+    fn access_token(&self) -> BoxFuture<'_, Result<Arc<str>, ApiError>> {
+        Box::pin(DingTalkClient::access_token(self))
+    }
+
+    fn invalidate(&self, bad: &str) {
+        DingTalkClient::invalidate(self, bad);
     }
 }
 

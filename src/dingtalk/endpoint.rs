@@ -23,11 +23,15 @@ pub enum Endpoint {
     GroupBaseInfos,
     /// `POST /topapi/v2/user/get`
     UserGet,
+    /// `POST /v1.0/robot/groupMessages/send` (the reply fallback in groups)
+    RobotGroupSend,
+    /// `POST /v1.0/robot/oToMessages/batchSend` (the reply fallback in 1:1 chats)
+    RobotOtoSend,
 }
 
 impl Endpoint {
     /// Every endpoint, in a fixed order.
-    pub const ALL: [Endpoint; 8] = [
+    pub const ALL: [Endpoint; 10] = [
         Endpoint::GetToken,
         Endpoint::ChatGet,
         Endpoint::ConvertToOpenConversationId,
@@ -36,6 +40,8 @@ impl Endpoint {
         Endpoint::SceneGroupQueryDetail,
         Endpoint::GroupBaseInfos,
         Endpoint::UserGet,
+        Endpoint::RobotGroupSend,
+        Endpoint::RobotOtoSend,
     ];
 
     /// Position in [`Endpoint::ALL`]; used to index per-endpoint tables.
@@ -49,6 +55,8 @@ impl Endpoint {
             Endpoint::SceneGroupQueryDetail => 5,
             Endpoint::GroupBaseInfos => 6,
             Endpoint::UserGet => 7,
+            Endpoint::RobotGroupSend => 8,
+            Endpoint::RobotOtoSend => 9,
         }
     }
 
@@ -64,6 +72,8 @@ impl Endpoint {
             Endpoint::SceneGroupQueryDetail => "sceneGroups/queryDetail",
             Endpoint::GroupBaseInfos => "groups/baseInfos/query",
             Endpoint::UserGet => "user/get",
+            Endpoint::RobotGroupSend => "groupMessages/send",
+            Endpoint::RobotOtoSend => "oToMessages/batchSend",
         }
     }
 
@@ -78,6 +88,8 @@ impl Endpoint {
             Endpoint::SceneGroupQueryDetail => "scene_group_query_detail",
             Endpoint::GroupBaseInfos => "group_base_infos",
             Endpoint::UserGet => "user_get",
+            Endpoint::RobotGroupSend => "robot_group_send",
+            Endpoint::RobotOtoSend => "robot_oto_send",
         }
     }
 
@@ -89,6 +101,17 @@ impl Endpoint {
             Endpoint::ConvertToOpenConversationId
                 | Endpoint::SceneGroupQueryDetail
                 | Endpoint::GroupBaseInfos
+                | Endpoint::RobotGroupSend
+                | Endpoint::RobotOtoSend
+        )
+    }
+
+    /// Whether this endpoint posts a message (the robot send APIs): never repeated unless
+    /// DingTalk surely did not take it.
+    pub fn sends_message(self) -> bool {
+        matches!(
+            self,
+            Endpoint::SendBySession | Endpoint::RobotGroupSend | Endpoint::RobotOtoSend
         )
     }
 }

@@ -12,6 +12,12 @@ use super::endpoint::Endpoint;
 /// `errcode`s that mean "busy or throttled, try again later" (protocol doc §4.3, §8).
 pub const TRANSIENT_ERRCODES: &[i64] = &[-1, 90002, 90005, 90006, 90018, 90019];
 
+/// The permission the robot send APIs need (protocol doc §3.4, §8).
+pub const ROBOT_SEND_SCOPE: &str = "qyapi_robot_sendmsg";
+
+/// The list of a `oToMessages/batchSend` answer that names recipients under flow control.
+pub const FLOW_CONTROLLED: &str = "flowControlledStaffIdList";
+
 /// What a failure means, whatever host or code DingTalk used to say it. This is the only
 /// place DingTalk's error codes are interpreted; everything outside `dingtalk/` (replies,
 /// the resolver, `dingbot check`) works with these kinds.
@@ -34,8 +40,12 @@ pub enum ErrorKind {
     NotSceneGroup,
     /// DingTalk does not know this user (`user/get`).
     UnknownUser,
-    /// The robot sent too many messages to the group (130101): DingTalk throttles it.
+    /// The robot sent too many messages to the group (130101), or a robot send API put the
+    /// recipient under flow control: DingTalk throttles it.
     SendTooFast,
+    /// The sessionWebhook's session no longer exists (300001 "session 不存在"): expired or
+    /// never valid; a reply can only go another way.
+    SessionGone,
     /// Busy or throttled: worth trying again later.
     Busy,
     /// No answer in time.
@@ -61,6 +71,7 @@ impl ErrorKind {
             ErrorKind::NotSceneGroup => "not_scene_group",
             ErrorKind::UnknownUser => "unknown_user",
             ErrorKind::SendTooFast => "send_too_fast",
+            ErrorKind::SessionGone => "session_gone",
             ErrorKind::Busy => "busy",
             ErrorKind::Slow => "slow",
             ErrorKind::Unavailable => "unavailable",
@@ -103,6 +114,16 @@ pub enum ApiError {
         /// Which argument.
         what: &'static str,
     },
+    /// A robot send API answered but did not send the message to the recipient, who is
+    /// listed in its answer (`invalidStaffIdList`, `flowControlledStaffIdList`,
+    /// `filteredStaffIdList`).
+    #[error("{endpoint}: DingTalk did not send the message (recipient in {list})")]
+    NotSent {
+        /// Which API.
+        endpoint: Endpoint,
+        /// The answer's list the recipient is in.
+        list: &'static str,
+    },
     /// Legacy host: HTTP 200 with a non-zero `errcode`.
     #[error("{endpoint}: errcode {errcode} ({errmsg})")]
     DingTalk {
@@ -138,6 +159,7 @@ impl ApiError {
             ApiError::Transport { endpoint, .. }
             | ApiError::BadBody { endpoint, .. }
             | ApiError::InvalidInput { endpoint, .. }
+            | ApiError::NotSent { endpoint, .. }
             | ApiError::DingTalk { endpoint, .. }
             | ApiError::Http { endpoint, .. } => *endpoint,
         }
@@ -147,7 +169,7 @@ impl ApiError {
     pub fn is_transient(&self) -> bool {
         match self {
             ApiError::Transport { .. } | ApiError::BadBody { .. } => true,
-            ApiError::InvalidInput { .. } => false,
+            ApiError::InvalidInput { .. } | ApiError::NotSent { .. } => false,
             ApiError::DingTalk { errcode, .. } => TRANSIENT_ERRCODES.contains(errcode),
             ApiError::Http { status, code, .. } => {
                 *status >= 500 || *status == 429 || code.contains("Throttling")
@@ -161,10 +183,32 @@ impl ApiError {
     pub fn surely_not_delivered(&self) -> bool {
         match self {
             ApiError::Transport { connect, .. } => *connect,
-            ApiError::InvalidInput { .. } => true,
+            ApiError::InvalidInput { .. } | ApiError::NotSent { .. } => true,
             ApiError::BadBody { status, .. } => *status >= 500 || *status == 429,
             ApiError::DingTalk { errcode, .. } => TRANSIENT_ERRCODES.contains(errcode),
-            ApiError::Http { status, .. } => *status >= 500 || *status == 429,
+            ApiError::Http { status, code, .. } => {
+                *status >= 500 || *status == 429 || code.contains("Throttling")
+            }
+        }
+    }
+
+    /// Worth sending again after a pause: DingTalk surely did not take the message and the
+    /// failure is a passing one (no connection, busy, 5xx, 429). The robot send APIs
+    /// retry on this; a refusal that would only repeat itself is not retried.
+    pub fn worth_resending(&self) -> bool {
+        self.surely_not_delivered() && self.is_transient()
+    }
+
+    /// A failed sessionWebhook POST after which the same message may go out another way
+    /// (the robot send APIs): the session is gone (300001), or DingTalk surely did not take
+    /// the message and retrying gave up (connection refused, 5xx, busy). Never after a
+    /// failure that may hide a delivered message (a timeout, an unreadable 2xx answer), and
+    /// never after "send too fast" (130101), which the group's silence answers.
+    pub fn allows_fallback(&self) -> bool {
+        match self.kind() {
+            ErrorKind::SessionGone => true,
+            ErrorKind::SendTooFast => false,
+            _ => self.surely_not_delivered(),
         }
     }
 
@@ -196,6 +240,8 @@ impl ApiError {
             ApiError::Transport { timeout: true, .. } => ErrorKind::Slow,
             ApiError::Transport { .. } | ApiError::BadBody { .. } => ErrorKind::Unavailable,
             ApiError::InvalidInput { .. } => ErrorKind::InvalidInput,
+            ApiError::NotSent { list, .. } if *list == FLOW_CONTROLLED => ErrorKind::SendTooFast,
+            ApiError::NotSent { .. } => ErrorKind::Other,
             ApiError::DingTalk {
                 endpoint, errcode, ..
             } => match (*endpoint, *errcode) {
@@ -208,6 +254,7 @@ impl ApiError {
                 (Endpoint::SceneGroupGet, 400020 | 40035) => ErrorKind::NotSceneGroup,
                 (Endpoint::UserGet, 60121 | 60003) => ErrorKind::UnknownUser,
                 (_, 130101) => ErrorKind::SendTooFast,
+                (Endpoint::SendBySession, 300001) => ErrorKind::SessionGone,
                 (_, c) if TRANSIENT_ERRCODES.contains(&c) => ErrorKind::Busy,
                 _ => ErrorKind::Other,
             },
@@ -223,6 +270,8 @@ impl ApiError {
                     ErrorKind::BadToken
                 } else if *endpoint == Endpoint::GetToken {
                     ErrorKind::TokenFailed
+                } else if endpoint.sends_message() && code == "130101" {
+                    ErrorKind::SendTooFast
                 } else if *status >= 500 || *status == 429 || code.contains("Throttling") {
                     ErrorKind::Busy
                 } else if *endpoint == Endpoint::ConvertToOpenConversationId
@@ -255,6 +304,7 @@ impl ApiError {
     pub fn documented_scope(&self) -> &'static str {
         match self.endpoint() {
             Endpoint::UserGet => "qyapi_get_member",
+            Endpoint::RobotGroupSend | Endpoint::RobotOtoSend => ROBOT_SEND_SCOPE,
             _ => "qyapi_chat_read",
         }
     }
@@ -304,6 +354,7 @@ impl ApiError {
             ApiError::Transport { .. } => "transport".into(),
             ApiError::BadBody { .. } => "bad_body".into(),
             ApiError::InvalidInput { .. } => "invalid_input".into(),
+            ApiError::NotSent { .. } => "not_sent".into(),
             ApiError::DingTalk { errcode, .. } => errcode.to_string(),
             ApiError::Http { status, .. } => format!("http_{status}"),
         }
@@ -334,5 +385,75 @@ mod tests {
         assert!(dt(88, Some("60011")).is_permission_denied());
         assert!(dt(43007, None).is_permission_denied());
         assert!(!dt(40016, None).is_permission_denied());
+    }
+
+    #[test]
+    fn only_failures_that_surely_did_not_deliver_allow_the_fallback() {
+        let send = |errcode| ApiError::DingTalk {
+            endpoint: Endpoint::SendBySession,
+            errcode,
+            errmsg: String::new(),
+            sub_code: None,
+        };
+        assert_eq!(send(300001).kind(), ErrorKind::SessionGone);
+        assert!(send(300001).allows_fallback());
+        assert!(!send(300001).surely_not_delivered(), "not retried as is");
+        assert!(send(-1).allows_fallback());
+        assert!(!send(130101).allows_fallback());
+        let five = ApiError::Http {
+            endpoint: Endpoint::SendBySession,
+            status: 502,
+            code: String::new(),
+            message: String::new(),
+            required_scopes: Vec::new(),
+        };
+        assert!(five.allows_fallback());
+        let timeout = ApiError::Transport {
+            endpoint: Endpoint::SendBySession,
+            detail: String::new(),
+            timeout: true,
+            connect: false,
+        };
+        assert!(!timeout.allows_fallback());
+        let cut = ApiError::BadBody {
+            endpoint: Endpoint::SendBySession,
+            status: 200,
+        };
+        assert!(!cut.allows_fallback());
+        // 300001 from another API means nothing special.
+        let other = ApiError::DingTalk {
+            endpoint: Endpoint::ChatGet,
+            errcode: 300001,
+            errmsg: String::new(),
+            sub_code: None,
+        };
+        assert_eq!(other.kind(), ErrorKind::Other);
+    }
+
+    #[test]
+    fn robot_send_refusals_are_classified() {
+        let flow = ApiError::NotSent {
+            endpoint: Endpoint::RobotOtoSend,
+            list: FLOW_CONTROLLED,
+        };
+        assert_eq!(flow.kind(), ErrorKind::SendTooFast);
+        assert!(!flow.worth_resending());
+        let forbidden = ApiError::Http {
+            endpoint: Endpoint::RobotGroupSend,
+            status: 403,
+            code: "Forbidden.AccessDenied.AccessTokenPermissionDenied".into(),
+            message: String::new(),
+            required_scopes: Vec::new(),
+        };
+        assert_eq!(forbidden.kind(), ErrorKind::NoPermission);
+        assert_eq!(forbidden.documented_scope(), ROBOT_SEND_SCOPE);
+        let too_fast = ApiError::Http {
+            endpoint: Endpoint::RobotGroupSend,
+            status: 400,
+            code: "130101".into(),
+            message: String::new(),
+            required_scopes: Vec::new(),
+        };
+        assert_eq!(too_fast.kind(), ErrorKind::SendTooFast);
     }
 }

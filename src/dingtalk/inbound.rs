@@ -119,7 +119,8 @@ pub struct RobotMessage {
     /// When the message was written, ms since the epoch; a String in DingTalk's field
     /// table, a number in every example. Not used by dingbot.
     pub create_at: Loose<i64>,
-    /// The robot's code (newer payloads). Not used by dingbot.
+    /// The robot's code (newer payloads): the robot send APIs' `robotCode` when the reply
+    /// falls back to them.
     pub robot_code: Loose<String>,
 }
 
@@ -196,6 +197,8 @@ pub struct Callback {
     pub session_webhook: String,
     /// Expiry of `session_webhook`, ms since the epoch.
     pub session_webhook_expired_time: Option<i64>,
+    /// The robot's code, when the callback carries one (`robotCode`).
+    pub robot_code: Option<String>,
     /// The message.
     pub body: Body,
 }
@@ -252,7 +255,7 @@ impl RobotMessage {
         .map(epoch_ms);
         // Not used, but a shape dingbot would not expect is worth knowing about.
         let _ = optional(self.create_at, "createAt");
-        let _ = optional(self.robot_code, "robotCode");
+        let robot_code = optional(self.robot_code, "robotCode").filter(|s| !s.is_empty());
         let msgtype = optional(self.msgtype, "msgtype").unwrap_or_default();
         let body = match msgtype.as_str() {
             "text" => Body::Text(
@@ -284,6 +287,7 @@ impl RobotMessage {
             is_admin: optional(self.is_admin, "isAdmin").unwrap_or(false),
             session_webhook,
             session_webhook_expired_time,
+            robot_code,
             body,
         })
     }

@@ -2,7 +2,7 @@
 //!
 //! Replies are the one outbound call made for every answered command, so they skip
 //! reqwest's request pipeline: reqwest re-parses the URL twice per request (redirect policy
-//! and response URL, about 7k instructions each, even with redirects off) and adds its own
+//! and response URL, even with redirects off) and adds its own
 //! layers on top of the hyper client it wraps. [`ReplyHttp::Direct`] drives the same
 //! `hyper-util` pooled client and `hyper-rustls` connector (rustls, platform certificate
 //! verifier) itself: one keep-alive pool, `TCP_NODELAY`, a connect timeout, a total

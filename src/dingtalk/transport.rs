@@ -5,6 +5,9 @@
 //! Both [`super::client`] and [`super::sender`] build on this module; neither imports the
 //! other.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -34,6 +37,24 @@ impl Default for RetryPolicy {
             deadline: Duration::from_secs(8),
         }
     }
+}
+
+/// The token header of the `/v1.0` API host.
+pub const ACS_TOKEN: &str = "x-acs-dingtalk-access-token";
+
+/// `Accept` of the `/v1.0` calls: without it an endpoint may answer XML (Node SDK note).
+pub const JSON: &str = "application/json";
+
+/// A boxed, sendable future (what [`TokenSource`] returns).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where access tokens come from: the API client's cache, shared with the reply sender's
+/// fallback through this trait so that neither imports the other.
+pub trait TokenSource: Send + Sync {
+    /// A valid access token (cached, or fetched one at a time).
+    fn access_token(&self) -> BoxFuture<'_, Result<Arc<str>, ApiError>>;
+    /// Forgets `bad` if it is still the cached token (DingTalk refused it).
+    fn invalidate(&self, bad: &str);
 }
 
 /// Requests to DingTalk on the wire at once unless configured otherwise.
@@ -146,6 +167,51 @@ pub fn oapi_answer<T: DeserializeOwned>(
         return Err(ApiError::BadBody { endpoint, status });
     }
     serde_json::from_value(value).map_err(|_| ApiError::BadBody { endpoint, status })
+}
+
+/// Reads a new-host (`/v1.0`) answer: 2xx with a JSON body is success; 4xx/5xx carries
+/// `code`, `message` and, for a missing permission, the scopes DingTalk requires.
+pub fn api_answer<T: DeserializeOwned>(
+    endpoint: Endpoint,
+    status: u16,
+    body: &[u8],
+) -> Result<T, ApiError> {
+    if (200..300).contains(&status) {
+        return serde_json::from_slice(body).map_err(|_| ApiError::BadBody { endpoint, status });
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(default, rename_all = "camelCase")]
+    struct Failure {
+        code: String,
+        message: String,
+        #[serde(rename = "accessdenieddetail")]
+        access_denied_detail: Option<Denied>,
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(default, rename_all = "camelCase")]
+    struct Denied {
+        required_scopes: Vec<String>,
+    }
+    match serde_json::from_slice::<Failure>(body) {
+        Ok(f) => Err(ApiError::Http {
+            endpoint,
+            status,
+            code: f.code,
+            message: f.message,
+            required_scopes: f
+                .access_denied_detail
+                .map(|d| d.required_scopes)
+                .unwrap_or_default(),
+        }),
+        Err(_) if status >= 500 => Err(ApiError::BadBody { endpoint, status }),
+        Err(_) => Err(ApiError::Http {
+            endpoint,
+            status,
+            code: String::new(),
+            message: String::new(),
+            required_scopes: Vec::new(),
+        }),
+    }
 }
 
 /// Sends `req` and reads the whole answer: `(status, body)`. Transport errors lose their

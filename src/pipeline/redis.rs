@@ -35,7 +35,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::admission::{
-    AdmissionState, MemoryAdmission, MemoryOptions, Pending, Remembered, Ticket, Verdict,
+    AdmissionState, MemoryAdmission, MemoryOptions, PairCheck, Pending, Remembered, SignedPair,
+    Ticket, Verdict,
 };
 use crate::state::{BackendStatus, Redis};
 use crate::telemetry;
@@ -49,7 +50,8 @@ const PING_WHILE_DOWN: Duration = Duration::from_millis(500);
 /// How often it pings while up (to notice an idle outage).
 const PING_WHILE_UP: Duration = Duration::from_secs(5);
 
-/// Replay, dedupe, 130101 silence, GCRA and the notice window in one atomic call.
+/// Dedupe, replay, 130101 silence, GCRA and the notice window in one atomic call (the
+/// memory backend's order).
 ///
 /// KEYS: replay, dedupe, gcra, notice, throttle. ARGV: signed (0/1), fingerprint,
 /// replay TTL ms, messages per signature, dedupe TTL ms, emission interval ms, burst,
@@ -66,21 +68,15 @@ if prior and string.sub(prior, 1, #token + 1) == token .. ':' then
   local code, retry = string.match(prior, ':(%d+):(%d+)$')
   return {tonumber(code), tonumber(retry)}
 end
-local fresh = false
-if ARGV[1] == '1' then
-  if redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 0 then
-    if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[4]) then
-      return {4, 0}
-    end
-    fresh = true
-  end
-end
-if fresh then
-  redis.call('SADD', KEYS[1], ARGV[2])
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-end
 if prior then
   return {3, 0}
+end
+if ARGV[1] == '1' and redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 0 then
+  if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+    return {4, 0}
+  end
+  redis.call('SADD', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
 end
 local code, retry = 0, 0
 local silenced = redis.call('PTTL', KEYS[5])
@@ -120,7 +116,7 @@ struct Backlogged {
 }
 
 /// Settings of the shared backend's admission.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RedisOptions {
     /// The local fallback's settings (also the window, per-signature count and budget).
     pub memory: MemoryOptions,
@@ -132,6 +128,7 @@ pub struct RedisAdmission {
     local: MemoryAdmission,
     script: redis::Script,
     window_ms: i64,
+    dedupe_ttl_ms: i64,
     per_signature: usize,
     interval_ms: u64,
     burst: NonZeroU32,
@@ -146,12 +143,10 @@ impl std::fmt::Debug for RedisAdmission {
     }
 }
 
-/// The message's fingerprint: its msgId and exact bytes.
-fn fingerprint(msg_id: &str, body: &[u8]) -> String {
+/// The message's fingerprint in a pair's replay set: its msgId, hashed to a fixed size.
+fn fingerprint(msg_id: &str) -> String {
     let mut h = Sha256::new();
     h.update(msg_id.as_bytes());
-    h.update([0]);
-    h.update(body);
     let digest = h.finalize();
     let mut hex = String::with_capacity(32);
     for b in &digest[..16] {
@@ -169,12 +164,15 @@ impl RedisAdmission {
     pub fn new(redis: Arc<Redis>, options: RedisOptions) -> RedisAdmission {
         let m = options.memory;
         let per_minute = m.per_group_per_minute;
+        let (window_ms, per_signature) = (m.window_ms, m.messages_per_millisecond);
+        let dedupe_ttl_ms = m.dedupe_ttl_ms;
         RedisAdmission {
             redis,
-            local: MemoryAdmission::new(m),
+            local: MemoryAdmission::new(m, crate::clock::now_ms()),
             script: redis::Script::new(ADMIT),
-            window_ms: m.window_ms,
-            per_signature: m.messages_per_signature,
+            window_ms,
+            dedupe_ttl_ms,
+            per_signature,
             interval_ms: (60_000 / u64::from(per_minute.get())).max(1),
             burst: per_minute,
             backlog: Mutex::new(Vec::new()),
@@ -192,13 +190,13 @@ impl RedisAdmission {
             let ttl = now_ms.max(pair.timestamp_ms).saturating_add(self.window_ms) - now_ms;
             (
                 self.redis.key("r", &id),
-                fingerprint(t.msg_id, t.body),
+                fingerprint(t.msg_id),
                 positive_ms(ttl),
             )
         });
         Backlogged {
             dedupe_key: self.redis.key("m", t.msg_id),
-            dedupe_ttl_ms: positive_ms(self.window_ms),
+            dedupe_ttl_ms: positive_ms(self.dedupe_ttl_ms),
             replay,
         }
     }
@@ -366,6 +364,12 @@ impl RedisAdmission {
 }
 
 impl AdmissionState for RedisAdmission {
+    /// Advisory, from this replica's memory (which mirrors what Redis admitted here): no
+    /// round trip before the body is read; [`AdmissionState::admit`] decides in Redis.
+    fn check_pair<'a>(&'a self, pair: SignedPair<'a>, now_ms: i64) -> Pending<'a, PairCheck> {
+        self.local.check_pair(pair, now_ms)
+    }
+
     fn admit<'a>(&'a self, ticket: &Ticket<'a>, now_ms: i64) -> Pending<'a, Verdict> {
         if !self.redis.is_up() {
             return Pending::now(self.degraded(ticket, now_ms));
@@ -416,6 +420,11 @@ impl AdmissionState for RedisAdmission {
         self.local.remembered()
     }
 
+    fn persist(&self) -> Pending<'_, Result<(), String>> {
+        // Redis holds the shared record; the local mirror is not kept.
+        Pending::now(Ok(()))
+    }
+
     fn status(&self) -> BackendStatus {
         self.redis.status()
     }
@@ -426,13 +435,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fingerprints_differ_by_msg_id_and_body() {
-        let a = fingerprint("m1", b"x");
+    fn fingerprints_differ_by_msg_id() {
+        let a = fingerprint("m1");
         assert_eq!(a.len(), 32);
-        assert_eq!(a, fingerprint("m1", b"x"));
-        assert_ne!(a, fingerprint("m1", b"y"));
-        assert_ne!(a, fingerprint("m2", b"x"));
-        // The separator keeps ("m", "1x") apart from ("m1", "x").
-        assert_ne!(fingerprint("m", b"1x"), a);
+        assert_eq!(a, fingerprint("m1"));
+        assert_ne!(a, fingerprint("m2"));
     }
 }

@@ -403,6 +403,9 @@ pub(crate) async fn send_by_session(
         let Some(session) = query_param(&req, "session").filter(|s| !s.is_empty()) else {
             return oapi_error(300001, "session 不存在");
         };
+        if state.session_ended(&session) {
+            return oapi_error(300001, "session 不存在");
+        }
         let Ok(body) = serde_json::from_slice::<Value>(&body) else {
             return oapi_error(40035, "缺少参数 json");
         };
@@ -413,7 +416,9 @@ pub(crate) async fn send_by_session(
             return oapi_error(40035, &format!("缺少参数 {part}"));
         }
         state.record(SentMessage {
+            to: session.clone(),
             session,
+            via: Endpoint::SendBySession,
             body,
             at: std::time::Instant::now(),
         });
@@ -579,6 +584,170 @@ pub(crate) async fn user_get(
     .await
 }
 
+/// Longest `msgParam` the robot send APIs take, in bytes.
+const MAX_MSG_PARAM: usize = 15_000;
+
+/// The answer of a robot send API to an app without `qyapi_robot_sendmsg`.
+fn api_robot_forbidden() -> Reply {
+    Reply::json(
+        StatusCode::FORBIDDEN,
+        &json!({
+            "code": "Forbidden.AccessDenied.AccessTokenPermissionDenied",
+            "requestid": request_id(),
+            "message": "没有调用该接口的权限",
+            "accessdenieddetail": { "requiredScopes": ["qyapi_robot_sendmsg"] },
+        }),
+    )
+}
+
+fn invalid_parameter(name: &str, message: &str) -> Reply {
+    api_error(
+        StatusCode::BAD_REQUEST,
+        &format!("invalidParameter.{name}"),
+        message,
+    )
+}
+
+/// The checks both robot send APIs make, in the order the gateway makes them: token,
+/// permission, then the body's `robotCode`, `msgKey` and `msgParam`. Returns the body.
+fn robot_send_request(state: &State, req: &HttpRequest, body: &[u8]) -> Result<Value, Reply> {
+    if !state.token_valid(header_token(req)) {
+        return Err(api_bad_token());
+    }
+    if state.robot_send_denied() {
+        return Err(api_robot_forbidden());
+    }
+    let body: Value = serde_json::from_slice(body)
+        .ok()
+        .filter(Value::is_object)
+        .ok_or_else(|| api_missing("body"))?;
+    let text = |k: &str| {
+        body.get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    match text("robotCode") {
+        None => return Err(api_missing("robotCode")),
+        // An internal app's robot has the app's AppKey as its code.
+        Some(code) if code != state.app_key => {
+            return Err(invalid_parameter("robotCode", "robot 不存在"));
+        }
+        Some(_) => {}
+    }
+    let required = match text("msgKey") {
+        None => return Err(api_missing("msgKey")),
+        Some("sampleMarkdown") => &["title", "text"][..],
+        Some("sampleText") => &["content"][..],
+        Some(_) => return Err(invalid_parameter("msgKey", "不支持的消息模板")),
+    };
+    let Some(param) = text("msgParam") else {
+        return Err(api_missing("msgParam"));
+    };
+    if param.len() > MAX_MSG_PARAM {
+        return Err(invalid_parameter("msgParam", "msgParam 超过 15000 字节"));
+    }
+    let param: Value = serde_json::from_str(param)
+        .map_err(|_| invalid_parameter("msgParam", "msgParam 不是 JSON"))?;
+    if required
+        .iter()
+        .any(|k| param.get(k).and_then(Value::as_str).is_none())
+    {
+        return Err(invalid_parameter("msgParam", "msgParam 缺少字段"));
+    }
+    Ok(body)
+}
+
+fn process_query_key() -> String {
+    format!("sandbox-pqk-{:016x}", rand::random::<u64>())
+}
+
+pub(crate) async fn robot_group_send(
+    state: web::Data<State>,
+    req: HttpRequest,
+    body: Bytes,
+) -> HttpResponse {
+    if !wants_json(&req) {
+        state.count(Endpoint::RobotGroupSend);
+        return xml_answer();
+    }
+    serve(&state, Endpoint::RobotGroupSend, || {
+        let body = match robot_send_request(&state, &req, &body) {
+            Ok(body) => body,
+            Err(reply) => return reply,
+        };
+        let Some(cid) = body
+            .get("openConversationId")
+            .and_then(Value::as_str)
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned)
+        else {
+            return api_missing("openConversationId");
+        };
+        if state.group(&cid).is_none() {
+            return invalid_parameter("openConversationId", "无效的openConversationId");
+        }
+        state.record(SentMessage {
+            session: String::new(),
+            via: Endpoint::RobotGroupSend,
+            to: cid,
+            body,
+            at: std::time::Instant::now(),
+        });
+        Reply::ok(&json!({ "processQueryKey": process_query_key() }))
+    })
+    .await
+}
+
+pub(crate) async fn robot_oto_send(
+    state: web::Data<State>,
+    req: HttpRequest,
+    body: Bytes,
+) -> HttpResponse {
+    if !wants_json(&req) {
+        state.count(Endpoint::RobotOtoSend);
+        return xml_answer();
+    }
+    serve(&state, Endpoint::RobotOtoSend, || {
+        let body = match robot_send_request(&state, &req, &body) {
+            Ok(body) => body,
+            Err(reply) => return reply,
+        };
+        let ids: Vec<String> = body
+            .get("userIds")
+            .and_then(Value::as_array)
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if ids.is_empty() {
+            return api_missing("userIds");
+        }
+        let (known, invalid): (Vec<String>, Vec<String>) =
+            ids.into_iter().partition(|id| state.user(id).is_some());
+        let (limited, known): (Vec<String>, Vec<String>) =
+            known.into_iter().partition(|id| state.flow_controlled(id));
+        if !known.is_empty() {
+            state.record(SentMessage {
+                session: String::new(),
+                via: Endpoint::RobotOtoSend,
+                to: known.join(","),
+                body,
+                at: std::time::Instant::now(),
+            });
+        }
+        Reply::ok(&json!({
+            "processQueryKey": process_query_key(),
+            "invalidStaffIdList": invalid,
+            "flowControlledStaffIdList": limited,
+            "filteredStaffIdList": [],
+        }))
+    })
+    .await
+}
+
 /// Anything else: DingTalk's "bad URI" answer with HTTP 404.
 pub(crate) async fn not_found() -> HttpResponse {
     Reply::json(
@@ -609,5 +778,13 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
             "/v1.0/im/groups/baseInfos/query",
             web::post().to(group_base_infos),
         )
-        .route("/topapi/v2/user/get", web::post().to(user_get));
+        .route("/topapi/v2/user/get", web::post().to(user_get))
+        .route(
+            "/v1.0/robot/groupMessages/send",
+            web::post().to(robot_group_send),
+        )
+        .route(
+            "/v1.0/robot/oToMessages/batchSend",
+            web::post().to(robot_oto_send),
+        );
 }

@@ -558,7 +558,7 @@ async fn admin_endpoints_control_a_remote_sandbox() -> Result<()> {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         list,
-        json!([{"session": "abc", "body": text_msg("one", &[])}])
+        json!([{"session": "abc", "via": "send_by_session", "to": "abc", "body": text_msg("one", &[])}])
     );
     let (_, all) = h.get("/_sandbox/messages", &[]).await?;
     assert_eq!(all.as_array().map(Vec::len), Some(2));

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use dingbot::config::ReplyFallback;
 use dingbot::dingtalk::ReplyClientChoice;
 use dingbot::dingtalk::reply_http::proxy_variable;
 use dingbot::sandbox::{Endpoint, Fault};
@@ -40,7 +41,9 @@ async fn reply_is_retried_after_a_busy_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reply_refused_by_dingtalk_is_not_retried() {
-    let app = spawn_app().await;
+    // `reply.fallback = "none"`: the refusal ends the reply (with the default fallback it
+    // goes through the robot send API; tests/api/fallback.rs).
+    let app = spawn_app_with(|s| s.reply.fallback = ReplyFallback::None).await;
     app.sandbox.inject(
         Endpoint::SendBySession,
         Fault::errcode(300001, "session 不存在"),
@@ -50,6 +53,8 @@ async fn reply_refused_by_dingtalk_is_not_retried() {
     app.send(&out).await.assert_accepted();
     app.assert_no_reply(&out.session).await;
     assert_eq!(app.sandbox.calls(Endpoint::SendBySession), 1);
+    assert_eq!(app.sandbox.calls(Endpoint::RobotGroupSend), 0);
+    assert_eq!(app.sandbox.message_count(), 0);
     // The next message is answered normally.
     let next = app.group_text(BOUND, "/help");
     app.send(&next).await.assert_accepted();

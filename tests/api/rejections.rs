@@ -4,13 +4,14 @@
 use std::future::Future;
 
 use dingbot::clock::now_ms;
+use dingbot::config::ReplyFallback;
 use dingbot::dingtalk::signature::sign;
 use dingbot::sandbox::Endpoint;
 use serde_json::json;
 
 use crate::helpers::{
     Answer, BOUND, Outgoing, SECRET, TestApp, assert_no_secret, fresh_signature, spawn_app,
-    spawn_app_from_toml,
+    spawn_app_from_toml, spawn_app_with,
 };
 
 /// Runs `refused` (a request about `out` that must be refused) and checks: status and
@@ -521,8 +522,10 @@ async fn foreign_session_webhook_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expired_session_webhook_is_refused() {
-    let app = spawn_app().await;
+async fn expired_session_webhook_is_refused_without_the_fallback() {
+    // With the default `reply.fallback = "robot_api"` an expired webhook is answered
+    // through the robot send API instead (tests/api/fallback.rs).
+    let app = spawn_app_with(|s| s.reply.fallback = ReplyFallback::None).await;
     let out = help(&app);
     let mut body = out.body.clone();
     body["sessionWebhookExpiredTime"] = json!(now_ms() - 1_000);

@@ -121,11 +121,19 @@ async fn string_create_at_and_an_expiry_in_seconds_are_answered() {
     let mut out = app.group_text(BOUND, "/help");
     out.body["sessionWebhookExpiredTime"] = json!(((now_ms() / 1000) + 3600).to_string());
     assert!(reply_to(&app, &out).await.contains("帮助"));
-    // Seconds in the past are still refused as expired.
+    // Seconds in the past are still read as expired: the webhook is not used and the reply
+    // goes through the robot send API (`reply.fallback` defaults to `robot_api`).
     let mut out = app.group_text(BOUND, "/help");
     out.body["sessionWebhookExpiredTime"] = json!((now_ms() / 1000) - 60);
-    let answer = app.send(&out).await;
-    answer.assert_refused(400, "webhook_refused");
+    let before = app.sandbox.calls(Endpoint::SendBySession);
+    app.send(&out).await.assert_accepted();
+    let got = app
+        .sandbox
+        .wait_for_messages(3, std::time::Duration::from_secs(5))
+        .await;
+    assert_eq!(got.len(), 3, "{got:#?}");
+    assert_eq!(got[2].via, Endpoint::RobotGroupSend);
+    assert_eq!(app.sandbox.calls(Endpoint::SendBySession), before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

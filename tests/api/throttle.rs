@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use dingbot::config::ReplyFallback;
 use dingbot::dingtalk::RetryPolicy;
 use dingbot::sandbox::{Endpoint, Fault};
 use serde_json::json;
@@ -167,7 +168,13 @@ async fn reply_that_times_out_is_not_resent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_server_errors_are_retried_a_bounded_number_of_times_then_counted() {
-    let app = spawn_app_with(without_fixture_group).await;
+    // Without the fallback: this is about the sessionWebhook path alone (with it, the
+    // replies go through the robot send API; tests/api/fallback.rs).
+    let app = spawn_app_with(|s| {
+        without_fixture_group(s);
+        s.reply.fallback = ReplyFallback::None;
+    })
+    .await;
     let idle = app.state.pipeline.free_slots();
     let attempts = u64::from(RetryPolicy::default().attempts);
     let failed_before = replies_total(&app, "failed").await;
