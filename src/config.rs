@@ -33,7 +33,7 @@ const STRING_KEYS: [&str; 4] = [
 ];
 
 /// `(key, lowest, highest, note)` of every number with a range.
-const RANGES: [(&str, u64, u64, &str); 12] = [
+const RANGES: [(&str, u64, u64, &str); 19] = [
     ("server.body_limit_bytes", 1024, 16 * 1024 * 1024, ""),
     ("server.max_in_flight", 1, 1_000_000, ""),
     ("server.queue_wait_ms", 0, 10_000, " (0 = refuse at once)"),
@@ -66,6 +66,13 @@ const RANGES: [(&str, u64, u64, &str); 12] = [
         604_800,
         " (0 asks again every time)",
     ),
+    ("stream.ping_interval_ms", 10, 600_000, ""),
+    ("stream.idle_timeout_ms", 50, 3_600_000, ""),
+    ("stream.backoff_base_ms", 1, 600_000, ""),
+    ("stream.backoff_max_ms", 1, 3_600_000, ""),
+    ("stream.healthy_after_ms", 0, 3_600_000, ""),
+    ("stream.refused_retry_ms", 1, 3_600_000, ""),
+    ("stream.max_frame_bytes", 1024, 16 * 1024 * 1024, ""),
 ];
 
 /// Everything dingbot needs to run, after validation.
@@ -88,6 +95,8 @@ pub struct Settings {
     pub storage: StorageSettings,
     /// Groups whose legacy `chatid` the admin knows (created through the server API).
     pub groups: Vec<GroupBinding>,
+    /// Timings and limits of the Stream connection (`dingtalk.mode` `stream` or `both`).
+    pub stream: StreamSettings,
 }
 
 /// `[server]`
@@ -156,6 +165,8 @@ pub struct DingTalkSettings {
     pub max_parallel_requests: NonZeroUsize,
     /// Which HTTP client POSTs replies.
     pub reply_client: ReplyClientChoice,
+    /// How robot messages arrive: HTTP callbacks, a Stream connection, or both.
+    pub mode: DingTalkMode,
 }
 
 impl Default for DingTalkSettings {
@@ -172,6 +183,7 @@ impl Default for DingTalkSettings {
             max_messages_per_signature: NonZeroUsize::MIN,
             max_parallel_requests: NonZeroUsize::new(32).unwrap_or(NonZeroUsize::MIN),
             reply_client: ReplyClientChoice::Auto,
+            mode: DingTalkMode::Http,
         }
     }
 }
@@ -187,6 +199,67 @@ pub enum ReplyClientChoice {
     Direct,
     /// Always reqwest (the shared API client, proxy variables honoured).
     Reqwest,
+}
+
+/// `dingtalk.mode`: the doors robot messages come in through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DingTalkMode {
+    /// DingTalk POSTs callbacks to `server.callback_path` (needs a public HTTPS URL).
+    #[default]
+    Http,
+    /// dingbot holds an outbound WebSocket to DingTalk; the callback route is not served.
+    Stream,
+    /// Both doors (for moving from one to the other).
+    Both,
+}
+
+impl DingTalkMode {
+    /// Whether the HTTP callback route is served.
+    pub fn serves_http(self) -> bool {
+        matches!(self, DingTalkMode::Http | DingTalkMode::Both)
+    }
+
+    /// Whether a Stream connection is held.
+    pub fn holds_stream(self) -> bool {
+        matches!(self, DingTalkMode::Stream | DingTalkMode::Both)
+    }
+}
+
+/// `[stream]`: the Stream connection's timings (used when `dingtalk.mode` is `stream` or
+/// `both`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamSettings {
+    /// How often dingbot sends a WebSocket ping on an idle-or-not connection.
+    pub ping_interval_ms: u64,
+    /// The watchdog: a connection that brings no frame and no pong for this long is
+    /// treated as dead and replaced; `/readyz` also needs a sign of life within it.
+    pub idle_timeout_ms: u64,
+    /// First reconnect delay (full jitter: a random wait up to the current step).
+    pub backoff_base_ms: u64,
+    /// Largest reconnect step.
+    pub backoff_max_ms: u64,
+    /// A connection open at least this long resets the backoff to its base.
+    pub healthy_after_ms: u64,
+    /// Wait before asking again after DingTalk refused the credentials.
+    pub refused_retry_ms: u64,
+    /// Largest frame accepted; a bigger one ends (and replaces) the connection.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        StreamSettings {
+            ping_interval_ms: 30_000,
+            idle_timeout_ms: 90_000,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 60_000,
+            healthy_after_ms: 60_000,
+            refused_retry_ms: 300_000,
+            max_frame_bytes: 1024 * 1024,
+        }
+    }
 }
 
 /// An `http(s)://host[:port]` URL without query or fragment, checked when it is read.
@@ -529,6 +602,21 @@ impl Settings {
                 "group_info.sources",
                 format!("{:?} is listed twice", s.name()),
             );
+        }
+        let st = &self.stream;
+        if st.backoff_base_ms > st.backoff_max_ms {
+            let problem = format!(
+                "must not be below stream.backoff_base_ms ({})",
+                st.backoff_base_ms
+            );
+            return fail("stream.backoff_max_ms", problem);
+        }
+        if st.ping_interval_ms >= st.idle_timeout_ms {
+            let problem = format!(
+                "must be above stream.ping_interval_ms ({}): a ping has to be answered within it",
+                st.ping_interval_ms
+            );
+            return fail("stream.idle_timeout_ms", problem);
         }
         if self.storage.data_dir.as_os_str().is_empty() {
             return fail(

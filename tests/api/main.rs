@@ -18,5 +18,6 @@ mod overload;
 mod ratelimit;
 mod rejections;
 mod rendering;
+mod stream;
 mod throttle;
 mod token;
