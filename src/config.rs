@@ -758,6 +758,44 @@ app_secret = "s3cret-value"
 "#;
 
     #[test]
+    fn stream_mode_and_timings() {
+        let s = Settings::from_toml_str(MINIMAL).unwrap();
+        assert_eq!(s.dingtalk.mode, DingTalkMode::Http);
+        assert!(s.dingtalk.mode.serves_http() && !s.dingtalk.mode.holds_stream());
+        assert_eq!(s.stream.idle_timeout_ms, 90_000);
+        assert_eq!(
+            (s.stream.backoff_base_ms, s.stream.backoff_max_ms),
+            (1_000, 60_000)
+        );
+
+        let env = [
+            ("DINGBOT_DINGTALK__APP_KEY", "k"),
+            ("DINGBOT_DINGTALK__APP_SECRET", "s"),
+            ("DINGBOT_DINGTALK__MODE", "stream"),
+            ("DINGBOT_STREAM__IDLE_TIMEOUT_MS", "500"),
+            ("DINGBOT_STREAM__PING_INTERVAL_MS", "100"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let s = Settings::load_with_env(None, env).unwrap();
+        assert_eq!(s.dingtalk.mode, DingTalkMode::Stream);
+        assert!(!s.dingtalk.mode.serves_http() && s.dingtalk.mode.holds_stream());
+        assert_eq!(s.stream.idle_timeout_ms, 500);
+
+        let bad = |extra: &str| {
+            Settings::from_toml_str(&format!("{MINIMAL}{extra}"))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad("mode = \"carrier-pigeon\"").contains("dingtalk.mode"));
+        let e = bad("[stream]\nbackoff_base_ms = 5000\nbackoff_max_ms = 1000");
+        assert!(e.contains("stream.backoff_max_ms"), "{e}");
+        let e = bad("[stream]\nping_interval_ms = 1000\nidle_timeout_ms = 1000");
+        assert!(e.contains("stream.idle_timeout_ms"), "{e}");
+        let e = bad("[stream]\nmax_frame_bytes = 10");
+        assert!(e.contains("stream.max_frame_bytes"), "{e}");
+    }
+
+    #[test]
     fn minimal_file_gets_documented_defaults() {
         let s = Settings::from_toml_str(MINIMAL).unwrap();
         assert_eq!(s.server.listen.to_string(), "0.0.0.0:8080");
