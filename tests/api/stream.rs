@@ -534,3 +534,12 @@ async fn stream_sandbox_gateway_without_a_connection_refuses_pushes() {
     assert!(sandbox.gateway().push_payload(&json!({})).is_none());
     assert!(!sandbox.gateway().push_raw(bot_frame("x", "{}")));
 }
+
+#[test]
+fn stream_deploy_example_loads_in_stream_mode() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/stream/dingbot.toml");
+    let env = [("DINGBOT_DINGTALK__APP_SECRET".to_string(), "x".to_string())];
+    let s = Settings::load_with_env(Some(&path), env).expect("deploy/stream/dingbot.toml loads");
+    assert_eq!(s.dingtalk.mode, DingTalkMode::Stream);
+    assert_eq!(s.stream.idle_timeout_ms, 90_000);
+}
