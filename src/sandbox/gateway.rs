@@ -219,19 +219,34 @@ impl GatewayState {
     }
 
     /// The `i`-th message of a load run: unique msgId, group `cidGen{i % groups}==`, its own
-    /// webhook session.
+    /// webhook session. Written with `format!` (not through `serde_json::Value`): the
+    /// gateway has to keep ahead of the client it loads.
     fn load_frame(&self, i: u64, groups: u64, text: &str, run: u64) -> String {
-        let group = format!("cidGen{}==", i % groups.max(1));
-        let session = format!("load-{run}-{i}");
-        let payload = robot_payload(
-            &group,
-            "load",
-            text,
-            &format!("msgLoad{run}x{i}"),
-            &webhook(&self.base_url(), &session),
+        let group = i % groups.max(1);
+        let hook = webhook(&self.base_url(), &format!("load-{run}-{i}"));
+        let now = now_ms();
+        let expires = now + 5_400_000;
+        let content = serde_json::to_string(&format!(" {text}")).unwrap_or_default();
+        let data = format!(
+            r#"{{"conversationId":"cidGen{group}==","atUsers":[{{"dingtalkId":"$:LWCP_v1:$robot"}}],"chatbotUserId":"$:LWCP_v1:$robot","msgId":"msgLoad{run}x{i}","senderNick":"小钉","isAdmin":false,"senderStaffId":"16650000698","sessionWebhookExpiredTime":{expires},"createAt":{now},"conversationType":"2","senderId":"$:LWCP_v1:$sender","conversationTitle":"load","isInAtList":true,"sessionWebhook":"{hook}","text":{{"content":{content}}},"msgtype":"text"}}"#
         );
-        bot_frame(&self.next_message_id(), &payload.to_string())
+        let data = serde_json::to_string(&data).unwrap_or_default();
+        let id = self.next_message_id();
+        format!(
+            r#"{{"specVersion":"1.0","type":"CALLBACK","headers":{{"appId":"sandbox","connectionId":"sandbox","contentType":"application/json","messageId":"{id}","time":"{now}","topic":"{BOT_TOPIC}"}},"data":{data}}}"#
+        )
     }
+}
+
+/// Milliseconds since the epoch.
+fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0),
+    )
+    .unwrap_or(0)
 }
 
 /// `{base}/robot/sendBySession?session=…`.
@@ -242,13 +257,7 @@ fn webhook(base: &str, session: &str) -> String {
 
 /// A group text message as DingTalk's robot payload (§1).
 pub fn robot_payload(cid: &str, title: &str, text: &str, msg_id: &str, webhook: &str) -> Value {
-    let now = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0),
-    )
-    .unwrap_or(0);
+    let now = now_ms();
     json!({
         "conversationId": cid,
         "atUsers": [{"dingtalkId": "$:LWCP_v1:$robot"}],

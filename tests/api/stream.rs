@@ -543,3 +543,25 @@ fn stream_deploy_example_loads_in_stream_mode() {
     assert_eq!(s.dingtalk.mode, DingTalkMode::Stream);
     assert_eq!(s.stream.idle_timeout_ms, 90_000);
 }
+
+#[tokio::test]
+async fn stream_load_mode_pushes_as_fast_as_acked_and_every_message_is_answered() {
+    let app = spawn_default().await;
+    let before = app.sandbox.message_count();
+    assert!(app.gateway.start_load(300, 30, 16, "/help"));
+    assert!(
+        app.gateway
+            .wait_until(Duration::from_secs(20), |g| g.load_progress().1 >= 300)
+            .await,
+        "load progress {:?}",
+        app.gateway.load_progress()
+    );
+    let (pushed, acked, _) = app.gateway.load_progress();
+    assert_eq!((pushed, acked), (300, 300));
+    app.sandbox
+        .wait_for_messages(before as usize + 300, Duration::from_secs(20))
+        .await;
+    assert_eq!(app.sandbox.message_count() - before, 300);
+    assert_eq!(app.status.counts.callbacks.get(), 300);
+    assert_eq!(app.status.counts.bad_data.get(), 0);
+}
