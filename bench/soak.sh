@@ -113,6 +113,9 @@ app_secret = "$APP_SECRET"
 oapi_base = "$SANDBOX_URL"
 api_base = "$SANDBOX_URL"
 request_timeout_ms = 2000
+# One message per signed millisecond, so that every "replay" of the mix (an accepted pair
+# with another body) must be refused; the default (3) would answer the first two by design.
+max_messages_per_signature = 1
 
 [rate_limit]
 # High enough that no valid callback of the soak is limited (≈ 20 per group per minute).

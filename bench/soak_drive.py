@@ -12,7 +12,7 @@ exits 1 if any invariant fails (2 on usage / setup errors).
 Request kinds (each with its own expected answer; see KINDS):
   valid     signed /info (or /help) callback: unique msgId, its own timestamp + sign,
             conversationId spread over --groups groups            -> 200 {}
-  retry     an accepted callback resent byte for byte (DingTalk's retry)
+  retry     an accepted callback's body resent, signed anew (DingTalk's retry)
                                                                     -> 200 {"status":"duplicate"}
   replay    an accepted (timestamp, sign) pair with another body   -> 401 replayed
   forged    fresh timestamp, well-formed wrong sign                -> 401 bad_signature
@@ -21,7 +21,8 @@ Request kinds (each with its own expected answer; see KINDS):
   foreign   correctly signed, sessionWebhook on another origin     -> 400 webhook_refused
 
 Every signed request gets a timestamp of its own (strictly increasing ms, like
-dingbot::demo::unique_timestamp): dingbot refuses a second distinct message on a pair.
+dingbot::demo::unique_timestamp); soak.sh sets max_messages_per_signature = 1, so
+dingbot refuses a second distinct message on a pair.
 Meanwhile a task queues faults on the sandbox's chat/get every --fault-every seconds
 (errcode -1, HTTP 500, HTML page, 2.5 s delay) through POST /_sandbox/faults.
 Everything is bounded: the run by time and by count (rate x seconds), every request and
@@ -262,7 +263,10 @@ class Soak:
             self.groups_hit.add(group)
             return kind, ts, sign, self.body(group, text, self.webhook, int(ts))
         if kind == "retry":
-            ts, sign, body = rng.choice(self.pool)
+            # DingTalk signs a redelivery anew; the msgId makes it a duplicate. (The old
+            # pair itself is spent: with k = 1 it is refused from the headers.)
+            _, _, body = rng.choice(self.pool)
+            ts, sign = self.signer.fresh()
             return kind, ts, sign, body
         if kind == "replay":
             ts, sign, _ = rng.choice(self.pool)
@@ -493,10 +497,9 @@ class Soak:
         levels, warn_kinds, panics = count_log(a.bot_log)
         checks.append(("no ERROR lines and no panic in dingbot's log", levels["ERROR"] == 0 and panics == 0,
                        f"ERROR {levels['ERROR']}, panics {panics}"))
-        # Memory: the dedupe and replay sets grow with accepted callbacks (a few dozen bytes
-        # each, bounded by their capacity and the clock window), so RSS is not perfectly
-        # flat; a leak of even ~1 KiB per request would, however, add tens of MiB over
-        # the second half. Allowed: end ≤ 1.25 × middle + 16 MiB.
+        # Memory: the replay ring and the dedupe table have a fixed size, allocated at
+        # start; a leak of even ~1 KiB per request would add tens of MiB over the second
+        # half. Allowed: end ≤ 1.25 × middle + 16 MiB.
         limit_kb = rss_mid * 1.25 + 16 * 1024
         checks.append(("memory flat: RSS after drain ≤ 1.25 × middle + 16 MiB",
                        0 < rss_end <= limit_kb and rss_mid > 0,

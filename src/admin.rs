@@ -11,19 +11,25 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::bot::GroupDirectory;
-use crate::config::Settings;
+use crate::config::{ReplyFallback, Settings};
 use crate::demo::SignedCallback;
+use crate::dingtalk::error::ROBOT_SEND_SCOPE;
 use crate::dingtalk::reply_http::proxy_variable;
 use crate::dingtalk::transport::http_client;
-use crate::dingtalk::{ApiError, DingTalkClient, ErrorKind, ReplyHttp, RetryPolicy};
+use crate::dingtalk::{ApiError, DingTalkClient, Endpoint, ErrorKind, ReplyHttp, RetryPolicy};
 use crate::render::Renderer;
 use crate::sandbox::{Org, Sandbox};
 
 /// The fix an admin should apply for an API failure.
-fn fix_for(e: &ApiError) -> &'static str {
-    match e.kind() {
+fn fix_for(e: &ApiError) -> String {
+    let fix = match e.kind() {
         ErrorKind::NoPermission => {
-            "grant the app the qyapi_chat_read permission in the developer console and publish it"
+            let scope = e
+                .missing_scope()
+                .unwrap_or_else(|| e.documented_scope().to_string());
+            return format!(
+                "grant the app the {scope} permission in the developer console and publish it"
+            );
         }
         ErrorKind::BadChatid => {
             "the chatid is wrong or the group was not created by this app through the server API"
@@ -40,8 +46,11 @@ fn fix_for(e: &ApiError) -> &'static str {
         ErrorKind::NotSceneGroup
         | ErrorKind::UnknownUser
         | ErrorKind::SendTooFast
+        | ErrorKind::SessionGone
+        | ErrorKind::InvalidInput
         | ErrorKind::Other => "see the error code in DingTalk's error-code list",
-    }
+    };
+    fix.to_string()
 }
 
 /// `dingbot check`: validates `settings` against the real (or configured) DingTalk.
@@ -106,6 +115,34 @@ pub async fn check(settings: &Settings, out: &mut impl Write) -> anyhow::Result<
     }
     if dt.mode.holds_stream() {
         ok &= check_stream(settings, client.http(), out).await?;
+    }
+    match settings.reply.fallback {
+        ReplyFallback::None => writeln!(
+            out,
+            "  note  reply.fallback = \"none\": a reply the sessionWebhook refuses is lost"
+        )?,
+        ReplyFallback::RobotApi => {
+            let code = settings
+                .reply
+                .robot_code
+                .as_deref()
+                .unwrap_or(dt.app_key.as_str());
+            match client.probe_robot_send(code).await {
+                Ok(()) => writeln!(
+                    out,
+                    "  ok    reply fallback: robot send APIs ({ROBOT_SEND_SCOPE} granted)"
+                )?,
+                Err(e) => {
+                    ok = false;
+                    writeln!(
+                        out,
+                        "  FAIL  reply fallback: {} needs the {ROBOT_SEND_SCOPE} permission: {e}\n        fix: {} (or set reply.fallback = \"none\")",
+                        Endpoint::RobotGroupSend,
+                        fix_for(&e)
+                    )?;
+                }
+            }
+        }
     }
     let groups = GroupDirectory::new(&settings.groups);
     for (chatid, result) in groups.resolve_pending(&client).await {

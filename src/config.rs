@@ -25,19 +25,23 @@ use url::Url;
 pub const ENV_PREFIX: &str = "DINGBOT_";
 
 /// Keys whose environment values stay strings even when they look like numbers.
-const STRING_KEYS: [&str; 4] = [
+const STRING_KEYS: [&str; 5] = [
     "dingtalk.app_key",
+    "reply.robot_code",
     "dingtalk.app_secret",
     "storage.data_dir",
     "bot.templates_dir",
 ];
 
 /// `(key, lowest, highest, note)` of every number with a range.
-const RANGES: [(&str, u64, u64, &str); 19] = [
+const RANGES: [(&str, u64, u64, &str); 22] = [
     ("server.body_limit_bytes", 1024, 16 * 1024 * 1024, ""),
     ("server.max_in_flight", 1, 1_000_000, ""),
     ("server.queue_wait_ms", 0, 10_000, " (0 = refuse at once)"),
     ("server.workers", 0, 256, " (0 = one per CPU)"),
+    ("server.read_timeout_ms", 500, 60_000, ""),
+    ("dingtalk.dedupe_ttl_secs", 60, 86_400, ""),
+    ("dingtalk.dedupe_capacity", 1024, 16_777_216, ""),
     (
         "dingtalk.max_clock_skew_secs",
         60,
@@ -93,6 +97,8 @@ pub struct Settings {
     pub group_info: GroupInfoSettings,
     /// Where dingbot keeps what must survive a restart (`/bind` bindings).
     pub storage: StorageSettings,
+    /// How replies reach the chat when the sessionWebhook cannot take them.
+    pub reply: ReplySettings,
     /// Groups whose legacy `chatid` the admin knows (created through the server API).
     pub groups: Vec<GroupBinding>,
     /// Timings and limits of the Stream connection (`dingtalk.mode` `stream` or `both`).
@@ -118,6 +124,9 @@ pub struct ServerSettings {
     pub queue_wait_ms: u64,
     /// Seconds to finish in-flight callbacks and replies after SIGTERM/SIGINT.
     pub shutdown_grace_secs: u64,
+    /// Milliseconds a client has to send a request's head, and a verified callback's whole
+    /// body (counted from the end of its head); then 408 and the connection is closed.
+    pub read_timeout_ms: u64,
     /// HTTP worker threads; 0 means one per CPU.
     pub workers: usize,
 }
@@ -131,6 +140,7 @@ impl Default for ServerSettings {
             max_in_flight: NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN),
             queue_wait_ms: 1000,
             shutdown_grace_secs: 10,
+            read_timeout_ms: 5000,
             workers: 0,
         }
     }
@@ -157,9 +167,13 @@ pub struct DingTalkSettings {
     pub webhook_paths: Vec<String>,
     /// Timeout of every outbound HTTP call, in milliseconds.
     pub request_timeout_ms: u64,
-    /// How many distinct messages one (timestamp, sign) pair may carry; a further body
-    /// with the same pair is refused as a replay.
+    /// How many messages with distinct msgIds one (timestamp, sign) pair, i.e. one signed
+    /// millisecond, may carry (k); once it has, the pair is refused from the headers.
     pub max_messages_per_signature: NonZeroUsize,
+    /// Seconds a msgId is remembered, so that a redelivery is not answered twice.
+    pub dedupe_ttl_secs: u64,
+    /// Entries of the msgId dedupe table (8 bytes each, allocated at start).
+    pub dedupe_capacity: usize,
     /// API calls to DingTalk on the wire at once, and as many reply POSTs; each uses
     /// one pooled keep-alive connection, so this also caps connections and TLS handshakes.
     pub max_parallel_requests: NonZeroUsize,
@@ -180,7 +194,9 @@ impl Default for DingTalkSettings {
             extra_webhook_hosts: Vec::new(),
             webhook_paths: vec!["/robot/sendBySession".into()],
             request_timeout_ms: 5000,
-            max_messages_per_signature: NonZeroUsize::MIN,
+            max_messages_per_signature: NonZeroUsize::new(3).unwrap_or(NonZeroUsize::MIN),
+            dedupe_ttl_secs: 600,
+            dedupe_capacity: 262_144,
             max_parallel_requests: NonZeroUsize::new(32).unwrap_or(NonZeroUsize::MIN),
             reply_client: ReplyClientChoice::Auto,
             mode: DingTalkMode::Http,
@@ -412,6 +428,29 @@ impl InfoSource {
     }
 }
 
+/// `[reply]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplySettings {
+    /// What to do when the sessionWebhook refuses a reply for good or has expired.
+    pub fallback: ReplyFallback,
+    /// `robotCode` for the robot send APIs; unset: the callback's `robotCode`, else
+    /// `dingtalk.app_key` (an internal app's robot code is its AppKey).
+    pub robot_code: Option<String>,
+}
+
+/// `reply.fallback`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyFallback {
+    /// Send through the robot send APIs (`groupMessages/send`, `oToMessages/batchSend`;
+    /// needs the `qyapi_robot_sendmsg` permission).
+    #[default]
+    RobotApi,
+    /// No second path: the reply is lost (and an expired sessionWebhook refused).
+    None,
+}
+
 /// `[storage]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -617,6 +656,15 @@ impl Settings {
                 st.ping_interval_ms
             );
             return fail("stream.idle_timeout_ms", problem);
+        }
+        if self
+            .reply
+            .robot_code
+            .as_deref()
+            .is_some_and(|c| c.trim().is_empty())
+        {
+            let problem = "must not be empty when given (leave it out to use the callback's robotCode or the app_key)";
+            return fail("reply.robot_code", problem.into());
         }
         if self.storage.data_dir.as_os_str().is_empty() {
             return fail(

@@ -13,7 +13,7 @@ use anyhow::Context;
 use crate::clock::now_ms;
 use crate::config::{Language, Settings};
 use crate::dingtalk::signature::sign;
-use crate::sandbox::{Endpoint, Fault, Group, Org, Sandbox, SentMessage};
+use crate::sandbox::{Endpoint, Fault, Group, NO_PERMISSION_ERRCODE, Org, Sandbox, SentMessage};
 use crate::startup::Application;
 
 /// A callback as DingTalk would send it, ready to sign and POST.
@@ -43,7 +43,9 @@ impl SignedCallback {
                 "isAdmin": false,
                 "senderStaffId": "16650000698",
                 "sessionWebhookExpiredTime": now + 5_400_000,
-                "createAt": now,
+                // DingTalk's field table types it String (its examples use a number, as
+                // the fixtures in tests/fixtures do): both shapes reach dingbot.
+                "createAt": now.to_string(),
                 "conversationType": "2",
                 "senderId": "$:LWCP_v1:$sender",
                 "conversationTitle": title,
@@ -53,6 +55,39 @@ impl SignedCallback {
                 "msgtype": "text",
             }),
         }
+    }
+
+    /// A group rich-text message in `conversation_id`: one text segment per line of
+    /// `lines` and a picture after the first, with no `"\n"` segments between them, as in
+    /// DingTalk's official example.
+    pub fn group_rich_text(
+        conversation_id: &str,
+        title: &str,
+        lines: &[&str],
+        msg_id: &str,
+        webhook: &str,
+    ) -> SignedCallback {
+        let mut segments = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            segments.push(serde_json::json!({ "text": line }));
+            if i == 0 {
+                segments.push(serde_json::json!({
+                    "pictureDownloadCode": "pdcSandbox0001",
+                    "downloadCode": "dcSandbox0001",
+                    "type": "picture",
+                }));
+            }
+        }
+        let mut cb = SignedCallback::group_text(conversation_id, title, "", msg_id, webhook);
+        if let Some(body) = cb.body.as_object_mut() {
+            body.remove("text");
+            body.insert("msgtype".into(), "richText".into());
+            body.insert(
+                "content".into(),
+                serde_json::json!({ "richText": segments }),
+            );
+        }
+        cb
     }
 
     /// POSTs the callback signed with `secret` at the current time. Like DingTalk, every
@@ -155,6 +190,122 @@ chatid = "chate39f540dxxxx"
     Settings::from_toml_str(&toml)
 }
 
+/// What the sandbox does before a scene.
+#[derive(Debug, Clone, Copy)]
+enum Before {
+    Nothing,
+    /// A group this app created appears (with a chatid an admin can /bind).
+    CreateOwnGroup,
+    /// `chat/get` refuses the next call for a missing permission.
+    DenyChatGetOnce,
+}
+
+/// One step of the demo: a group member's message and what it shows.
+#[derive(Debug)]
+struct Scene {
+    /// The heading (`{errcode}` is filled in from the sandbox's fault).
+    title: &'static str,
+    /// openConversationId.
+    cid: &'static str,
+    /// The group's name.
+    group: &'static str,
+    /// What the member writes after @-mentioning the robot.
+    text: &'static str,
+    /// Signed with the wrong secret.
+    forged: bool,
+    /// Set-up first.
+    before: Before,
+}
+
+const fn scene(
+    title: &'static str,
+    cid: &'static str,
+    group: &'static str,
+    text: &'static str,
+) -> Scene {
+    Scene {
+        title,
+        cid,
+        group,
+        text,
+        forged: false,
+        before: Before::Nothing,
+    }
+}
+
+/// The conversation, in order (the burst in another group follows).
+const SCENES: [Scene; 10] = [
+    scene(
+        "/help in a group",
+        "cidBound0001==",
+        "研发部全员群",
+        "/help",
+    ),
+    scene(
+        "/info in a group with a configured chatid",
+        "cidBound0001==",
+        "研发部全员群",
+        "/info",
+    ),
+    scene(
+        "/info in a group whose openConversationId dingbot learned at startup",
+        "cidAsXSBLnA==",
+        "全员群",
+        "群信息",
+    ),
+    scene(
+        "/info in a scene group of this app (no chatid): owner and settings from scenegroup/get",
+        "cidScene0001==",
+        "项目群·发布",
+        "/info",
+    ),
+    scene(
+        "/info in a group the robot was only added to: title and member count",
+        "cidPlain0001==",
+        "午餐拼单群",
+        "/info",
+    ),
+    scene(
+        "/info in a group where DingTalk denies every lookup: the title from the callback",
+        "cidDenied001==",
+        "外部协作群",
+        "/info",
+    ),
+    Scene {
+        before: Before::CreateOwnGroup,
+        ..scene(
+            "a group admin binds a group this app created: /bind <chatid>",
+            "cidOwn0001==",
+            "自建项目群",
+            "/bind chatown0001",
+        )
+    },
+    scene(
+        "/info in the group just bound: the full summary through chat/get",
+        "cidOwn0001==",
+        "自建项目群",
+        "/info",
+    ),
+    Scene {
+        before: Before::DenyChatGetOnce,
+        ..scene(
+            "/info while DingTalk denies chat/get (errcode {errcode}): the other sources, the permission named",
+            "cidBound0001==",
+            "研发部全员群",
+            "/info",
+        )
+    },
+    Scene {
+        forged: true,
+        ..scene(
+            "a forged signature (wrong secret)",
+            "cidBound0001==",
+            "研发部全员群",
+            "/info",
+        )
+    },
+];
+
 /// Runs the scripted demo, printing to `out`.
 pub async fn run(lang: Language, out: &mut (impl Write + Send)) -> anyhow::Result<()> {
     run_with(lang, false, out).await
@@ -213,26 +364,65 @@ pub async fn run_with(
     }
 
     let mut step = 0;
-    let mut scene = async |title: &str,
-                           cid: &str,
-                           group: &str,
-                           text: &str,
-                           secret: &str,
-                           expect: usize|
-           -> anyhow::Result<()> {
+    for scene in &SCENES {
+        if stream && scene.forged {
+            // No signature in Stream mode: show what a bad frame does instead.
+            step += 1;
+            writeln!(
+                out,
+                "── {step}. a malformed frame and a frame of a topic dingbot does not handle"
+            )?;
+            gateway.push_raw("{not a frame".into());
+            let id = gateway
+                .push_frame("EVENT", "*", "{}")
+                .context("no Stream connection")?;
+            gateway
+                .wait_until(Duration::from_secs(5), |g| !g.acks_for(&id).is_empty())
+                .await;
+            let code = gateway.acks_for(&id).first().map_or(0, |a| a.code);
+            writeln!(
+                out,
+                "   the malformed frame is counted and ignored; the EVENT frame is answered {code}; still {} connection(s), {} opened in all\n",
+                gateway.open_connections(),
+                gateway.connections().len()
+            )?;
+            continue;
+        }
         step += 1;
+        match scene.before {
+            Before::Nothing => {}
+            Before::CreateOwnGroup => sandbox.put_group(
+                Group::new(
+                    "cidOwn0001==",
+                    "自建项目群",
+                    "manager4220",
+                    vec!["manager4220".into(), "user123".into(), "pm0815".into()],
+                )
+                .with_chatid("chatown0001")
+                .with_flags([0, 1, 0, 1, 1, 1]),
+            ),
+            Before::DenyChatGetOnce => sandbox.inject(Endpoint::ChatGet, Fault::no_permission(), 1),
+        }
         let session = format!("demo-{step}");
         let mut cb = SignedCallback::group_text(
-            cid,
-            group,
-            text,
+            scene.cid,
+            scene.group,
+            scene.text,
             &format!("msgDemo{step:04}"),
             &sandbox.webhook_url(&session),
         );
         // /bind is sent by one of the group's admins.
-        cb.body["isAdmin"] = serde_json::json!(text.starts_with("/bind"));
+        cb.body["isAdmin"] = serde_json::json!(scene.text.starts_with("/bind"));
+        let title = scene
+            .title
+            .replace("{errcode}", &NO_PERMISSION_ERRCODE.to_string());
         writeln!(out, "── {step}. {title}")?;
-        writeln!(out, "   [{group}] 小钉: @dingbot {text}")?;
+        writeln!(out, "   [{}] 小钉: @dingbot {}", scene.group, scene.text)?;
+        let key = if scene.forged {
+            "not-the-secret"
+        } else {
+            secret.as_str()
+        };
         if stream {
             let id = gateway
                 .push_payload(&cb.body)
@@ -249,152 +439,16 @@ pub async fn run_with(
                 None => writeln!(out, "   Stream frame {id}: no ACK")?,
             }
         } else {
-            let resp = cb.send(&http, &url, secret).await?;
+            let resp = cb.send(&http, &url, key).await?;
             let status = resp.status();
             let body = resp.text().await.unwrap_or_default();
             writeln!(out, "   HTTP {status} {body}")?;
         }
-        let got = wait_for_session(
-            &sandbox,
-            &session,
-            expect.max(1),
-            Duration::from_secs(if expect == 0 { 1 } else { 10 }),
-        )
-        .await;
+        // A forged callback must get no reply: wait a second to show that none comes.
+        let (expect, wait) = if scene.forged { (0, 1) } else { (1, 10) };
+        let got =
+            wait_for_session(&sandbox, &session, expect.max(1), Duration::from_secs(wait)).await;
         print_replies(out, &got)?;
-        Ok(())
-    };
-
-    scene(
-        "/help in a group",
-        "cidBound0001==",
-        "研发部全员群",
-        "/help",
-        &secret,
-        1,
-    )
-    .await?;
-    scene(
-        "/info in a group with a configured chatid",
-        "cidBound0001==",
-        "研发部全员群",
-        "/info",
-        &secret,
-        1,
-    )
-    .await?;
-    scene(
-        "/info in a group whose openConversationId dingbot learned at startup",
-        "cidAsXSBLnA==",
-        "全员群",
-        "群信息",
-        &secret,
-        1,
-    )
-    .await?;
-    scene(
-        "/info in a scene group of this app (no chatid): owner and settings from scenegroup/get",
-        "cidScene0001==",
-        "项目群·发布",
-        "/info",
-        &secret,
-        1,
-    )
-    .await?;
-    scene(
-        "/info in a group the robot was only added to: title and member count",
-        "cidPlain0001==",
-        "午餐拼单群",
-        "/info",
-        &secret,
-        1,
-    )
-    .await?;
-    scene(
-        "/info in a group where DingTalk denies every lookup: the title from the callback",
-        "cidDenied001==",
-        "外部协作群",
-        "/info",
-        &secret,
-        1,
-    )
-    .await?;
-    sandbox.put_group(
-        Group::new(
-            "cidOwn0001==",
-            "自建项目群",
-            "manager4220",
-            vec!["manager4220".into(), "user123".into(), "pm0815".into()],
-        )
-        .with_chatid("chatown0001")
-        .with_flags([0, 1, 0, 1, 1, 1]),
-    );
-    scene(
-        "a group admin binds a group this app created: /bind <chatid>",
-        "cidOwn0001==",
-        "自建项目群",
-        "/bind chatown0001",
-        &secret,
-        1,
-    )
-    .await?;
-    scene(
-        "/info in the group just bound: the full summary through chat/get",
-        "cidOwn0001==",
-        "自建项目群",
-        "/info",
-        &secret,
-        1,
-    )
-    .await?;
-    sandbox.inject(
-        Endpoint::ChatGet,
-        Fault::ErrCode {
-            errcode: 43007,
-            errmsg: "没有调用权限".into(),
-            sub_code: None,
-        },
-        1,
-    );
-    scene(
-        "/info while DingTalk denies chat/get (errcode 43007): the other sources, the permission named",
-        "cidBound0001==",
-        "研发部全员群",
-        "/info",
-        &secret,
-        1,
-    )
-    .await?;
-    if stream {
-        step += 1;
-        writeln!(
-            out,
-            "── {step}. a malformed frame and a frame of a topic dingbot does not handle"
-        )?;
-        gateway.push_raw("{not a frame".into());
-        let id = gateway
-            .push_frame("EVENT", "*", "{}")
-            .context("no Stream connection")?;
-        gateway
-            .wait_until(Duration::from_secs(5), |g| !g.acks_for(&id).is_empty())
-            .await;
-        let code = gateway.acks_for(&id).first().map_or(0, |a| a.code);
-        writeln!(
-            out,
-            "   the malformed frame is counted and ignored; the EVENT frame is answered {code}; still {} connection(s), {} opened in all\n",
-            gateway.open_connections(),
-            gateway.connections().len()
-        )?;
-    } else {
-        scene(
-            "a forged signature (wrong secret)",
-            "cidBound0001==",
-            "研发部全员群",
-            "/info",
-            "not-the-secret",
-            0,
-        )
-        .await?;
     }
 
     // A burst from one group: the budget holds, one notice, then silence.
@@ -417,11 +471,8 @@ pub async fn run_with(
         let gateway = gateway.clone();
         async move {
             if stream {
-                return Ok(if gateway.push_payload(&cb.body).is_some() {
-                    200
-                } else {
-                    0
-                });
+                let pushed = gateway.push_payload(&cb.body).is_some();
+                return Ok(if pushed { 200 } else { 0 });
             }
             cb.send(&http, &url, &secret)
                 .await

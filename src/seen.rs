@@ -1,214 +1,420 @@
-//! Bounded memory of recent callbacks: which msgIds were handled (dedupe) and which
-//! message each (timestamp, sign) pair carried (replay defence).
+//! Fixed-size memory of recent callbacks, sized at start and never growing with traffic:
 //!
-//! Keys are 64-bit keyed hashes (random key per process), values a fingerprint of the
-//! message plus an expiry. Entries live for the signature window: after it, the same
-//! headers are refused as stale anyway. Memory is bounded by a capacity: when full (after
-//! dropping expired entries) new callbacks are refused with 503 instead of forgetting
-//! entries, which would reopen the replay window. Each entry costs a few dozen bytes.
+//! - [`ReplayRing`]: how many messages each millisecond of the clock window has carried.
+//!   DingTalk's `sign` is a function of the timestamp alone, so a verified (timestamp, sign)
+//!   pair *is* its millisecond; one small counter per millisecond of the window replaces a
+//!   record per callback.
+//! - [`DedupeSet`]: msgIds answered recently, in a preallocated set-associative table with
+//!   a TTL; when a bucket is full of live entries the one expiring first is replaced.
+//!
+//! Both can be written out as plain words and read back (`export`/`import`), so the
+//! pipeline can keep them across a restart. No I/O here.
 
-use std::hash::{BuildHasher, Hash, RandomState};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
+/// Milliseconds past the clock window the ring keeps before a cell is reused: time for the
+/// lazy clearing to catch up (see [`ReplayRing::advance`]).
+const GUARD_MS: i64 = 60_000;
+/// The clearing stays this far behind the window's lower edge, so that a caller whose
+/// clock reading is slightly older than another's never finds its cell cleared under it.
+const CLEAR_LAG_MS: i64 = 1_000;
 
-/// What a set keeps per key. There can be millions, so every byte counts twice (the
-/// hash table keeps between 1.1 and 2.3 buckets per entry).
-pub trait SlotKind: Copy + Send + Sync + std::fmt::Debug + 'static {
-    /// A slot for a first message with `fingerprint`, forgotten at `expires_ms`.
-    fn new(expires_ms: i64, fingerprint: u64) -> Self;
-    /// When the slot may be forgotten, ms since the epoch.
-    fn expires_ms(&self) -> i64;
-    /// Fingerprint of the first message (0 where none is kept).
-    fn first(&self) -> u64;
-}
-
-/// Expiry and the fingerprint of the first message: 16 bytes (replay defence).
-#[derive(Debug, Clone, Copy)]
-pub struct Slot {
-    expires_ms: i64,
-    first: u64,
-}
-
-impl SlotKind for Slot {
-    fn new(expires_ms: i64, first: u64) -> Slot {
-        Slot { expires_ms, first }
-    }
-    fn expires_ms(&self) -> i64 {
-        self.expires_ms
-    }
-    fn first(&self) -> u64 {
-        self.first
-    }
-}
-
-/// Expiry only, 8 bytes: for sets that only ask "seen before?" (msgId dedupe), whose
-/// fingerprint is always 0.
-#[derive(Debug, Clone, Copy)]
-pub struct KeyOnly {
-    expires_ms: i64,
-}
-
-impl SlotKind for KeyOnly {
-    fn new(expires_ms: i64, _fingerprint: u64) -> KeyOnly {
-        KeyOnly { expires_ms }
-    }
-    fn expires_ms(&self) -> i64 {
-        self.expires_ms
-    }
-    fn first(&self) -> u64 {
-        0
-    }
-}
-
-/// What [`SeenSet::record`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Seen {
-    /// First time: recorded.
-    New,
-    /// This exact message was recorded before.
-    Again,
-    /// Other messages already used every slot of this key.
-    Exhausted,
-    /// The set is full of live entries: nothing recorded.
-    Full,
-}
-
-/// A bounded, expiring map from key to up to `per_key` message fingerprints.
+/// Per-millisecond message counters for the clock window `[now − window, now + window]`.
+///
+/// Cells are `bits` wide (just enough for `limit`) and packed into 64-bit words; a cell is
+/// reused every `len` ms and cleared lazily once its millisecond has left the window.
 #[derive(Debug)]
-pub struct SeenSet<S: SlotKind = Slot> {
-    /// key hash → slot.
-    map: DashMap<u64, S>,
-    /// Expiry and fingerprints of further distinct messages per key; only used when
-    /// `per_key` > 1. Locked only while holding the key's `map` entry (never the reverse).
-    more: DashMap<u64, (i64, Vec<u64>)>,
-    /// Keyed hasher for keys and fingerprints.
-    hasher: RandomState,
-    /// Most entries kept.
-    capacity: usize,
-    /// Lifetime of an entry in ms.
+pub struct ReplayRing {
+    words: Box<[AtomicU64]>,
+    /// Bits per cell.
+    bits: u32,
+    /// Cells per word.
+    per_word: u64,
+    /// Mask of one cell, unshifted.
+    mask: u64,
+    /// Cells in the ring: one per millisecond of twice the window, plus [`GUARD_MS`].
+    len: i64,
+    /// The clock window (one side), ms.
+    window_ms: i64,
+    /// Messages allowed per millisecond (k).
+    limit: u64,
+    /// Every millisecond up to this one has been cleared (or was never used).
+    cleared_through: AtomicI64,
+    /// Serialises clearing.
+    clearing: Mutex<()>,
+}
+
+/// What [`ReplayRing::take`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// Counted: the millisecond had carried fewer than k messages.
+    Taken,
+    /// The millisecond already carried k messages.
+    Spent,
+    /// The timestamp is outside what the ring covers at `now` (left the window while its
+    /// body was read): refused like a spent one.
+    OutOfWindow,
+}
+
+/// The raw parts of a [`ReplayRing`], for persistence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingImage {
+    /// Bits per cell.
+    pub bits: u32,
+    /// Cells in the ring.
+    pub len: i64,
+    /// Every millisecond up to this one was cleared.
+    pub cleared_through: i64,
+    /// The packed cells.
+    pub words: Vec<u64>,
+}
+
+impl ReplayRing {
+    /// A ring for a clock window of `window_ms` either side of now, allowing `limit`
+    /// messages per millisecond (at least 1), empty as of `now_ms`.
+    pub fn new(window_ms: i64, limit: usize, now_ms: i64) -> ReplayRing {
+        let limit = u64::try_from(limit.max(1)).unwrap_or(u64::MAX);
+        let bits = (u64::BITS - limit.leading_zeros()).clamp(1, 32);
+        let per_word = u64::from(u64::BITS / bits);
+        let window_ms = window_ms.max(1);
+        let len = window_ms.saturating_mul(2).saturating_add(GUARD_MS);
+        let words = usize::try_from((len as u64).div_ceil(per_word)).unwrap_or(usize::MAX);
+        ReplayRing {
+            words: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            bits,
+            per_word,
+            mask: (1u64 << bits) - 1,
+            len,
+            window_ms,
+            limit,
+            cleared_through: AtomicI64::new(now_ms - window_ms - CLEAR_LAG_MS),
+            clearing: Mutex::new(()),
+        }
+    }
+
+    /// Bytes of cells (fixed).
+    pub fn bytes(&self) -> usize {
+        self.words.len() * 8
+    }
+
+    /// Messages allowed per millisecond.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    fn cell(&self, ts_ms: i64) -> (usize, u32) {
+        let slot = ts_ms.rem_euclid(self.len) as u64;
+        let word = usize::try_from(slot / self.per_word).unwrap_or(usize::MAX);
+        let shift = u32::try_from((slot % self.per_word) * u64::from(self.bits)).unwrap_or(0);
+        (word, shift)
+    }
+
+    /// Whether the ring covers `ts_ms` at `now_ms`.
+    fn covers(&self, ts_ms: i64, now_ms: i64) -> bool {
+        ts_ms > self.cleared_through.load(Ordering::Acquire)
+            && ts_ms <= now_ms.saturating_add(self.window_ms)
+    }
+
+    /// Messages `ts_ms` has carried (0 outside the covered range).
+    pub fn count(&self, ts_ms: i64, now_ms: i64) -> u64 {
+        self.advance(now_ms);
+        if !self.covers(ts_ms, now_ms) {
+            return 0;
+        }
+        let (w, shift) = self.cell(ts_ms);
+        self.words.get(w).map_or(0, |word| {
+            (word.load(Ordering::Acquire) >> shift) & self.mask
+        })
+    }
+
+    /// Whether `ts_ms` already carried k messages, or the ring no longer covers it.
+    pub fn spent(&self, ts_ms: i64, now_ms: i64) -> bool {
+        self.advance(now_ms);
+        !self.covers(ts_ms, now_ms) || self.count(ts_ms, now_ms) >= self.limit
+    }
+
+    /// Counts one more message for `ts_ms` if it carried fewer than k.
+    pub fn take(&self, ts_ms: i64, now_ms: i64) -> Take {
+        self.advance(now_ms);
+        if !self.covers(ts_ms, now_ms) {
+            return Take::OutOfWindow;
+        }
+        let (w, shift) = self.cell(ts_ms);
+        let Some(word) = self.words.get(w) else {
+            return Take::OutOfWindow;
+        };
+        let result = word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+            ((current >> shift) & self.mask < self.limit).then(|| current + (1u64 << shift))
+        });
+        match result {
+            Ok(_) => Take::Taken,
+            Err(_) => Take::Spent,
+        }
+    }
+
+    /// Undoes one [`ReplayRing::take`] of `ts_ms` (the callback was refused later).
+    pub fn give_back(&self, ts_ms: i64) {
+        let (w, shift) = self.cell(ts_ms);
+        if let Some(word) = self.words.get(w) {
+            let _ = word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                ((current >> shift) & self.mask > 0).then(|| current - (1u64 << shift))
+            });
+        }
+    }
+
+    /// Clears the cells of milliseconds that left the window. Cheap unless the clearing is
+    /// more than half the guard behind; then one caller clears (at most the whole ring)
+    /// while the others wait. Correct because a cell is reused by `ts` only when `ts − len`
+    /// ≤ `now − window − GUARD_MS`, which this keeps cleared.
+    pub fn advance(&self, now_ms: i64) {
+        let edge = now_ms - self.window_ms;
+        if self.cleared_through.load(Ordering::Acquire) >= edge - GUARD_MS / 2 {
+            return;
+        }
+        let _guard = self.clearing.lock().unwrap_or_else(|e| e.into_inner());
+        let from = self.cleared_through.load(Ordering::Acquire) + 1;
+        let to = edge - CLEAR_LAG_MS;
+        if to < from {
+            return;
+        }
+        if to - from + 1 >= self.len {
+            for word in &*self.words {
+                word.store(0, Ordering::Release);
+            }
+        } else {
+            for ts in from..=to {
+                let (w, shift) = self.cell(ts);
+                if let Some(word) = self.words.get(w) {
+                    word.fetch_and(!(self.mask << shift), Ordering::AcqRel);
+                }
+            }
+        }
+        self.cleared_through.store(to, Ordering::Release);
+    }
+
+    /// Milliseconds with at least one message (a scan; for gauges).
+    pub fn used(&self) -> usize {
+        let mut n = 0usize;
+        for word in &*self.words {
+            let mut w = word.load(Ordering::Relaxed);
+            while w != 0 {
+                if w & self.mask != 0 {
+                    n += 1;
+                }
+                w >>= self.bits;
+            }
+        }
+        n
+    }
+
+    /// A copy of the cells.
+    pub fn export(&self) -> RingImage {
+        RingImage {
+            bits: self.bits,
+            len: self.len,
+            cleared_through: self.cleared_through.load(Ordering::Acquire),
+            words: self
+                .words
+                .iter()
+                .map(|w| w.load(Ordering::Acquire))
+                .collect(),
+        }
+    }
+
+    /// Replaces the cells with `image` if it has this ring's shape; false (nothing
+    /// changed) if not. Cells that left the window meanwhile are cleared on next use.
+    pub fn import(&self, image: &RingImage) -> bool {
+        if image.bits != self.bits || image.len != self.len || image.words.len() != self.words.len()
+        {
+            return false;
+        }
+        let _guard = self.clearing.lock().unwrap_or_else(|e| e.into_inner());
+        for (cell, value) in self.words.iter().zip(&image.words) {
+            cell.store(*value, Ordering::Release);
+        }
+        self.cleared_through
+            .store(image.cleared_through, Ordering::Release);
+        true
+    }
+}
+
+/// Entries per dedupe bucket.
+const WAYS: usize = 8;
+
+/// What [`DedupeSet::admit`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit<R> {
+    /// The msgId is live in the set: a redelivery.
+    Duplicate,
+    /// `first` ran and said yes: the msgId is now recorded.
+    Recorded(R),
+    /// `first` ran and said no: nothing recorded.
+    Refused(R),
+}
+
+/// The raw parts of a [`DedupeSet`], for persistence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DedupeImage {
+    /// The hash key.
+    pub seed: [u64; 2],
+    /// Packed entries, bucket by bucket.
+    pub entries: Vec<u64>,
+}
+
+/// Recently answered msgIds: a fixed table of buckets of [`WAYS`] entries, each entry a
+/// 32-bit tag of the msgId's keyed hash and its expiry in whole seconds. A bucket whose
+/// entries are all live drops the one expiring first (and counts it in `evicted`).
+#[derive(Debug)]
+pub struct DedupeSet {
+    buckets: Box<[Mutex<[u64; WAYS]>]>,
+    seed: [u64; 2],
     ttl_ms: i64,
-    /// Distinct messages allowed per key.
-    per_key: usize,
-    /// When a full set was last swept on the request path, ms since the epoch.
-    last_full_sweep_ms: AtomicI64,
+    evicted: AtomicU64,
 }
 
-impl SeenSet<Slot> {
-    /// A set of at most `capacity` keys living `ttl_ms`, each allowing `per_key` messages.
-    pub fn new(capacity: usize, ttl_ms: i64, per_key: usize) -> SeenSet<Slot> {
-        SeenSet::build(capacity, ttl_ms, per_key)
+/// An entry: tag in the high half, expiry (s since the epoch, never 0) in the low half.
+fn entry(tag: u32, expires_s: u32) -> u64 {
+    (u64::from(tag) << 32) | u64::from(expires_s)
+}
+
+fn expires_s(entry: u64) -> u32 {
+    (entry & 0xffff_ffff) as u32
+}
+
+fn tag(entry: u64) -> u32 {
+    (entry >> 32) as u32
+}
+
+/// `ms` as whole seconds (rounded up), saturating into `u32`.
+fn secs(ms: i64) -> u32 {
+    u32::try_from((ms.max(0) + 999) / 1000).unwrap_or(u32::MAX)
+}
+
+impl DedupeSet {
+    /// A set of about `capacity` entries (rounded up to whole buckets) kept `ttl_ms`,
+    /// hashing with a random key.
+    pub fn new(capacity: usize, ttl_ms: i64) -> DedupeSet {
+        DedupeSet::with_seed(capacity, ttl_ms, [rand::random(), rand::random()])
     }
-}
 
-impl SeenSet<KeyOnly> {
-    /// A set of at most `capacity` keys living `ttl_ms` that records keys only: `record`
-    /// must be given fingerprint 0, and a known key is always [`Seen::Again`].
-    pub fn keys_only(capacity: usize, ttl_ms: i64) -> SeenSet<KeyOnly> {
-        SeenSet::build(capacity, ttl_ms, 1)
-    }
-}
-
-impl<S: SlotKind> SeenSet<S> {
-    fn build(capacity: usize, ttl_ms: i64, per_key: usize) -> SeenSet<S> {
-        SeenSet {
-            map: DashMap::new(),
-            more: DashMap::new(),
-            hasher: RandomState::new(),
-            capacity,
+    fn with_seed(capacity: usize, ttl_ms: i64, seed: [u64; 2]) -> DedupeSet {
+        let buckets = capacity.div_ceil(WAYS).max(1);
+        DedupeSet {
+            buckets: (0..buckets).map(|_| Mutex::new([0; WAYS])).collect(),
+            seed,
             ttl_ms,
-            per_key: per_key.max(1),
-            last_full_sweep_ms: AtomicI64::new(i64::MIN / 2),
+            evicted: AtomicU64::new(0),
         }
     }
 
-    /// Hashes anything with this set's key.
-    pub fn hash(&self, value: impl Hash) -> u64 {
-        self.hasher.hash_one(value)
+    /// Entries the table holds at most.
+    pub fn capacity(&self) -> usize {
+        self.buckets.len() * WAYS
     }
 
-    /// Records `fingerprint` under `key` at `now_ms`; the entry lives until
-    /// `valid_from_ms + ttl` (at least `now_ms + ttl`).
-    pub fn record(&self, key: u64, fingerprint: u64, now_ms: i64, valid_from_ms: i64) -> Seen {
-        if self.map.len() >= self.capacity && !self.map.contains_key(&key) {
-            // A full set is swept at most once a second; the timer sweeps every 30 s.
-            let last = self.last_full_sweep_ms.load(Ordering::Relaxed);
-            if now_ms - last >= 1_000
-                && self
-                    .last_full_sweep_ms
-                    .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-            {
-                self.sweep(now_ms);
-            }
-            if self.map.len() >= self.capacity {
-                return Seen::Full;
-            }
+    /// Bytes of the table (fixed).
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of_val(&*self.buckets)
+    }
+
+    /// Live entries dropped early because their bucket was full.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
+    fn locate(&self, msg_id: &str) -> (&Mutex<[u64; WAYS]>, u32) {
+        let mut h = DefaultHasher::new();
+        self.seed.hash(&mut h);
+        msg_id.hash(&mut h);
+        let hash = h.finish();
+        let index = usize::try_from(hash % self.buckets.len() as u64).unwrap_or(0);
+        (&self.buckets[index], (hash >> 32) as u32)
+    }
+
+    /// Under the msgId's bucket lock: a live entry → [`Admit::Duplicate`]; otherwise runs
+    /// `first` and records the msgId if it returns `Ok`. Two concurrent calls for one
+    /// msgId never both run `first`.
+    pub fn admit<R>(
+        &self,
+        msg_id: &str,
+        now_ms: i64,
+        first: impl FnOnce() -> Result<R, R>,
+    ) -> Admit<R> {
+        let (bucket, t) = self.locate(msg_id);
+        let now_s = secs(now_ms);
+        let mut entries = bucket.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.iter().any(|&e| tag(e) == t && expires_s(e) > now_s) {
+            return Admit::Duplicate;
         }
-        let fresh = S::new(
-            now_ms.max(valid_from_ms).saturating_add(self.ttl_ms),
-            fingerprint,
-        );
-        match self.map.entry(key) {
-            Entry::Vacant(v) => {
-                v.insert(fresh);
-                Seen::New
-            }
-            Entry::Occupied(mut o) => {
-                let slot = o.get_mut();
-                if slot.expires_ms() <= now_ms {
-                    *slot = fresh;
-                    self.more.remove(&key);
-                    return Seen::New;
-                }
-                if slot.first() == fingerprint {
-                    return Seen::Again;
-                }
-                if self.per_key == 1 {
-                    return Seen::Exhausted;
-                }
-                // The slot's entry lock is held, so no other caller races on `more[key]`.
-                let mut extra = self.more.entry(key).or_default();
-                let (expires_ms, fingerprints) = &mut *extra;
-                *expires_ms = slot.expires_ms();
-                if fingerprints.contains(&fingerprint) {
-                    Seen::Again
-                } else if 1 + fingerprints.len() < self.per_key {
-                    fingerprints.push(fingerprint);
-                    Seen::New
-                } else {
-                    Seen::Exhausted
-                }
-            }
+        let r = match first() {
+            Ok(r) => r,
+            Err(r) => return Admit::Refused(r),
+        };
+        let fresh = entry(t, secs(now_ms.saturating_add(self.ttl_ms)).max(1));
+        let victim = entries
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, e)| expires_s(**e))
+            .map_or(0, |(i, _)| i);
+        if expires_s(entries[victim]) > now_s {
+            self.evicted.fetch_add(1, Ordering::Relaxed);
+        }
+        entries[victim] = fresh;
+        Admit::Recorded(r)
+    }
+
+    /// Whether `msg_id` is recorded and live at `now_ms`.
+    pub fn contains(&self, msg_id: &str, now_ms: i64) -> bool {
+        let (bucket, t) = self.locate(msg_id);
+        let now_s = secs(now_ms);
+        bucket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|&e| tag(e) == t && expires_s(e) > now_s)
+    }
+
+    /// Live entries (a scan; for gauges).
+    pub fn live(&self, now_ms: i64) -> usize {
+        let now_s = secs(now_ms);
+        self.buckets
+            .iter()
+            .map(|b| {
+                b.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .filter(|&&e| expires_s(e) > now_s)
+                    .count()
+            })
+            .sum()
+    }
+
+    /// A copy of the table and its hash key.
+    pub fn export(&self) -> DedupeImage {
+        let mut entries = Vec::with_capacity(self.capacity());
+        for b in &*self.buckets {
+            entries.extend_from_slice(&*b.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        DedupeImage {
+            seed: self.seed,
+            entries,
         }
     }
 
-    /// Forgets `key` (undo of a `record` whose request was refused later).
-    pub fn forget(&self, key: u64) {
-        self.map.remove(&key);
-        self.more.remove(&key);
-    }
-
-    /// Drops expired entries.
-    pub fn sweep(&self, now_ms: i64) {
-        self.map.retain(|_, slot| slot.expires_ms() > now_ms);
-        self.more.retain(|_, (expires_ms, _)| *expires_ms > now_ms);
-    }
-
-    /// Live and not yet swept entries.
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    /// Whether nothing is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
-    /// Whether `key` is remembered and unexpired at `now_ms`.
-    pub fn contains(&self, key: u64, now_ms: i64) -> bool {
-        self.map.get(&key).is_some_and(|s| s.expires_ms() > now_ms)
+    /// A set restored from `image` (its key and entries), keeping `ttl_ms` for new
+    /// entries; `None` if the image's size differs from `capacity`'s.
+    pub fn import(image: &DedupeImage, capacity: usize, ttl_ms: i64) -> Option<DedupeSet> {
+        let set = DedupeSet::with_seed(capacity, ttl_ms, image.seed);
+        if image.entries.len() != set.capacity() {
+            return None;
+        }
+        for (bucket, chunk) in set.buckets.iter().zip(image.entries.chunks_exact(WAYS)) {
+            let mut entries = bucket.lock().unwrap_or_else(|e| e.into_inner());
+            entries.copy_from_slice(chunk);
+        }
+        Some(set)
     }
 }
 
@@ -216,59 +422,125 @@ impl<S: SlotKind> SeenSet<S> {
 mod tests {
     use super::*;
 
+    const T0: i64 = 1_700_000_000_000;
+
     #[test]
-    fn slots_stay_small() {
-        // One accepted callback costs one of each for the signature window (1 h).
-        assert_eq!(std::mem::size_of::<Slot>(), 16);
-        assert_eq!(std::mem::size_of::<KeyOnly>(), 8);
+    fn cells_are_just_wide_enough() {
+        assert_eq!(ReplayRing::new(1_000, 1, T0).bits, 1);
+        assert_eq!(ReplayRing::new(1_000, 3, T0).bits, 2);
+        assert_eq!(ReplayRing::new(1_000, 4, T0).bits, 3);
+        assert_eq!(ReplayRing::new(1_000, 1000, T0).bits, 10);
+        // The default window (one hour each side) with k = 3: about 1.8 MB, fixed.
+        let ring = ReplayRing::new(3_600_000, 3, T0);
+        assert_eq!(ring.bytes(), (7_260_000usize).div_ceil(32) * 8);
     }
 
     #[test]
-    fn a_key_only_set_answers_seen_before() {
-        let s = SeenSet::keys_only(10, 1_000);
-        assert_eq!(s.record(1, 0, 0, 0), Seen::New);
-        assert_eq!(s.record(1, 0, 500, 500), Seen::Again);
-        assert!(s.contains(1, 999));
-        assert!(!s.contains(1, 1_000));
-        assert_eq!(s.record(1, 0, 1_000, 1_000), Seen::New);
+    fn a_millisecond_carries_at_most_k_messages() {
+        let ring = ReplayRing::new(10_000, 3, T0);
+        for _ in 0..3 {
+            assert_eq!(ring.take(T0, T0), Take::Taken);
+        }
+        assert!(ring.spent(T0, T0));
+        assert_eq!(ring.take(T0, T0), Take::Spent);
+        assert_eq!(ring.count(T0, T0), 3);
+        // Neighbours are independent.
+        assert_eq!(ring.take(T0 + 1, T0), Take::Taken);
+        assert_eq!(ring.take(T0 - 1, T0), Take::Taken);
+        ring.give_back(T0);
+        assert_eq!(ring.take(T0, T0), Take::Taken);
     }
 
     #[test]
-    fn remembers_until_expiry_and_compares_fingerprints() {
-        let s = SeenSet::new(10, 1_000, 1);
-        assert_eq!(s.record(1, 7, 0, 0), Seen::New);
-        assert_eq!(s.record(1, 7, 500, 500), Seen::Again);
-        assert_eq!(s.record(1, 8, 500, 500), Seen::Exhausted);
-        assert_eq!(s.record(1, 8, 1_000, 1_000), Seen::New);
+    fn memory_does_not_grow_with_traffic_and_nothing_is_ever_full() {
+        let ring = ReplayRing::new(3_600_000, 3, T0);
+        let set = DedupeSet::new(1_024, 600_000);
+        let (ring_bytes, set_bytes) = (ring.bytes(), set.bytes());
+        // 100,000 callbacks, one per millisecond, each with its own msgId.
+        for i in 0..100_000i64 {
+            let now = T0 + i;
+            let verdict = set.admit(&format!("msg{i}"), now, || match ring.take(now, now) {
+                Take::Taken => Ok(()),
+                _ => Err(()),
+            });
+            assert_eq!(verdict, Admit::Recorded(()), "callback {i}");
+        }
+        assert_eq!((ring.bytes(), set.bytes()), (ring_bytes, set_bytes));
+        assert_eq!(ring.used(), 100_000);
+        assert!(set.live(T0 + 100_000) <= set.capacity());
+        assert!(set.evicted() > 0);
     }
 
     #[test]
-    fn per_key_allows_that_many_distinct_messages() {
-        let s = SeenSet::new(10, 1_000, 2);
-        assert_eq!(s.record(1, 7, 0, 0), Seen::New);
-        assert_eq!(s.record(1, 8, 0, 0), Seen::New);
-        assert_eq!(s.record(1, 8, 0, 0), Seen::Again);
-        assert_eq!(s.record(1, 9, 0, 0), Seen::Exhausted);
+    fn cells_are_cleared_as_time_moves_on() {
+        let window = 10_000;
+        let ring = ReplayRing::new(window, 1, T0);
+        assert_eq!(ring.take(T0, T0), Take::Taken);
+        // Later, the cell is reused by a millisecond one ring length on: it must be empty.
+        let later = T0 + ring.len;
+        assert_eq!(ring.take(later, later), Take::Taken);
+        // And a timestamp that left the window is not counted at all.
+        assert_eq!(ring.take(T0, later), Take::OutOfWindow);
+        assert!(ring.spent(T0, later));
+        // Time jumps far ahead: everything is cleared at once.
+        let much_later = T0 + 10 * ring.len;
+        assert_eq!(ring.used(), 1);
+        assert_eq!(ring.take(much_later, much_later), Take::Taken);
+        assert_eq!(ring.used(), 1);
     }
 
     #[test]
-    fn entries_live_a_window_past_a_future_timestamp() {
-        // A (timestamp, sign) pair from a clock 500 ms ahead stays valid until
-        // timestamp + window, so its record must live that long too.
-        let s = SeenSet::new(10, 1_000, 1);
-        assert_eq!(s.record(1, 7, 0, 500), Seen::New);
-        assert_eq!(s.record(1, 8, 1_400, 1_400), Seen::Exhausted);
-        assert_eq!(s.record(1, 8, 1_500, 1_500), Seen::New);
+    fn cells_just_inside_the_window_stay_counted_while_time_moves() {
+        let window = 100_000;
+        let ring = ReplayRing::new(window, 1, T0);
+        let ts = T0 - window + 5;
+        assert_eq!(ring.take(ts, T0), Take::Taken);
+        for step in 0..5 {
+            assert!(ring.spent(ts, T0 + step), "step {step}");
+        }
     }
 
     #[test]
-    fn full_set_refuses_new_keys_until_entries_expire() {
-        let s = SeenSet::new(2, 1_000, 1);
-        assert_eq!(s.record(1, 1, 0, 0), Seen::New);
-        assert_eq!(s.record(2, 2, 0, 0), Seen::New);
-        assert_eq!(s.record(3, 3, 10, 10), Seen::Full);
-        assert_eq!(s.record(1, 1, 10, 10), Seen::Again);
-        assert_eq!(s.record(3, 3, 1_010, 1_010), Seen::New);
-        assert_eq!(s.len(), 1);
+    fn the_ring_survives_export_and_import() {
+        let ring = ReplayRing::new(10_000, 3, T0);
+        ring.take(T0, T0);
+        ring.take(T0, T0);
+        let image = ring.export();
+        let again = ReplayRing::new(10_000, 3, T0 + 5);
+        assert!(again.import(&image));
+        assert_eq!(again.count(T0, T0 + 5), 2);
+        // Another shape is refused.
+        assert!(!ReplayRing::new(20_000, 3, T0).import(&image));
+        assert!(!ReplayRing::new(10_000, 4, T0).import(&image));
+    }
+
+    #[test]
+    fn dedupe_answers_seen_before_until_the_ttl() {
+        let set = DedupeSet::new(64, 10_000);
+        assert_eq!(set.admit("m1", T0, || Ok::<_, ()>(())), Admit::Recorded(()));
+        assert_eq!(
+            set.admit("m1", T0 + 5_000, || Ok::<_, ()>(())),
+            Admit::Duplicate
+        );
+        assert!(set.contains("m1", T0 + 9_000));
+        assert!(!set.contains("m1", T0 + 11_000));
+        assert_eq!(
+            set.admit("m1", T0 + 11_000, || Ok::<_, ()>(())),
+            Admit::Recorded(())
+        );
+        // Refused by `first`: not recorded.
+        assert_eq!(set.admit("m2", T0, || Err::<(), _>(())), Admit::Refused(()));
+        assert!(!set.contains("m2", T0));
+    }
+
+    #[test]
+    fn dedupe_survives_export_and_import() {
+        let set = DedupeSet::new(64, 10_000);
+        set.admit("m1", T0, || Ok::<_, ()>(()));
+        let image = set.export();
+        let again = DedupeSet::import(&image, 64, 10_000).unwrap();
+        assert!(again.contains("m1", T0 + 1));
+        assert!(!again.contains("m2", T0 + 1));
+        assert!(DedupeSet::import(&image, 128, 10_000).is_none());
     }
 }

@@ -11,19 +11,20 @@ use actix_web::{App, HttpServer, web};
 use tokio_util::sync::CancellationToken;
 
 use crate::bot::{Bot, BotOptions, GroupDirectory};
-use crate::config::{BaseUrl, Settings};
+use crate::config::{BaseUrl, ReplyFallback, Settings};
+use crate::dingtalk::sender::RobotApi;
 use crate::dingtalk::transport::http_client;
 use crate::dingtalk::{
     DingTalkClient, ReplyHttp, ReplySender, RetryPolicy, Verifier, WebhookPolicy,
 };
 use crate::http::AppState;
-use crate::pipeline::{MemoryAdmission, MemoryOptions, Parts, Pipeline};
+use crate::pipeline::{MemoryAdmission, MemoryOptions, Parts, Pipeline, Restored, STATE_FILE};
 use crate::render::Renderer;
 use crate::store::BindingStore;
 use crate::stream::{Dialer, StreamDoor, StreamStatus};
 
-/// Upper bound on remembered msgIds and on remembered signature pairs (each).
-const SEEN_CAPACITY: usize = 2_000_000;
+/// How long an HTTP client has to close its side once dingbot closed the connection.
+const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the HTTP workers get to close their connections once every reply is out.
 const WORKER_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often admission state is swept and the gauges refreshed.
@@ -41,6 +42,14 @@ pub enum StartupError {
     /// The data dir is unusable or `bindings.json` is corrupt.
     #[error(transparent)]
     Storage(#[from] crate::store::StoreError),
+    /// The admission state file cannot be written.
+    #[error("storage.data_dir: {path} cannot be written ({source})")]
+    State {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -83,7 +92,8 @@ struct StreamTask {
 }
 
 /// The DingTalk side: the API client and the reply sender, sharing one pooled reqwest
-/// client (the sender only uses it when a proxy is configured).
+/// client (the sender uses it when a proxy is configured, and for the robot send APIs of
+/// `reply.fallback = "robot_api"`, with tokens from the client's cache).
 fn dingtalk(settings: &Settings) -> Result<(Arc<DingTalkClient>, Arc<ReplySender>), StartupError> {
     let dt = &settings.dingtalk;
     let timeout = Duration::from_millis(dt.request_timeout_ms);
@@ -104,8 +114,18 @@ fn dingtalk(settings: &Settings) -> Result<(Arc<DingTalkClient>, Arc<ReplySender
         (name, _) => tracing::debug!(reply_client = name, "reply client"),
     }
     let sender = ReplySender::new(reply_http, dt.max_parallel_requests.get(), retry);
-    let client = DingTalkClient::from_settings(dt, http, retry);
-    Ok((Arc::new(client), Arc::new(sender)))
+    let client = Arc::new(DingTalkClient::from_settings(dt, http.clone(), retry));
+    let sender = match settings.reply.fallback {
+        ReplyFallback::RobotApi => sender.with_fallback(RobotApi::new(
+            http,
+            dt.api_base.as_str(),
+            client.clone(),
+            settings.reply.robot_code.clone(),
+            &dt.app_key,
+        )),
+        ReplyFallback::None => sender,
+    };
+    Ok((client, Arc::new(sender)))
 }
 
 /// Where replies may go: `oapi_base` and the configured extra origins, on the configured
@@ -119,15 +139,51 @@ fn webhook_policy(settings: &Settings) -> WebhookPolicy {
     )
 }
 
-/// In-memory admission state for `settings`.
-fn memory_admission(settings: &Settings) -> MemoryAdmission {
+/// In-memory admission state for `settings`, with the records the previous process saved
+/// in `storage.data_dir` (see [`MemoryAdmission::restore`]).
+fn memory_admission(settings: &Settings) -> Result<MemoryAdmission, StartupError> {
     let dt = &settings.dingtalk;
-    MemoryAdmission::new(MemoryOptions {
-        capacity: SEEN_CAPACITY,
-        window_ms: i64::try_from(dt.max_clock_skew_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
-        messages_per_signature: dt.max_messages_per_signature.get(),
-        per_group_per_minute: settings.rate_limit.per_group_per_minute,
-    })
+    let start = crate::clock::now_ms();
+    let path = settings.storage.data_dir.join(STATE_FILE);
+    let mut admission = MemoryAdmission::new(
+        MemoryOptions {
+            window_ms: i64::try_from(dt.max_clock_skew_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
+            messages_per_millisecond: dt.max_messages_per_signature.get(),
+            dedupe_capacity: dt.dedupe_capacity,
+            dedupe_ttl_ms: i64::try_from(dt.dedupe_ttl_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
+            per_group_per_minute: settings.rate_limit.per_group_per_minute,
+            state_file: Some(path.clone()),
+        },
+        start,
+    );
+    let restored = admission
+        .restore(start)
+        .map_err(|source| StartupError::State {
+            path: path.display().to_string(),
+            source,
+        })?;
+    let (ring_bytes, dedupe_bytes) = admission.footprint();
+    match restored {
+        Restored::FirstStart => tracing::info!(
+            ring_bytes,
+            dedupe_bytes,
+            "no saved replay record: first start on this data dir"
+        ),
+        Restored::Clean { saved_at_ms } => tracing::info!(
+            ring_bytes,
+            dedupe_bytes,
+            saved_at_ms,
+            "replay and dedupe records of the previous run loaded"
+        ),
+        Restored::Unclean { reason } => tracing::warn!(
+            reason = %reason,
+            refused_before_ms = start,
+            "replay record of the previous run lost: callbacks signed before this start are refused until they leave the clock window"
+        ),
+    }
+    Ok(admission)
 }
 
 impl Application {
@@ -150,6 +206,7 @@ impl Application {
         let renderer = Renderer::new(settings.bot.language, settings.bot.templates_dir.as_deref())?;
         let groups = Arc::new(GroupDirectory::new(&settings.groups));
         let store = Arc::new(BindingStore::open(&settings.storage.data_dir)?);
+        let admission = memory_admission(settings)?;
         let bot = Arc::new(Bot::new(
             client.clone(),
             renderer,
@@ -158,7 +215,7 @@ impl Application {
             BotOptions::from_settings(settings),
         ));
         let pipeline = Arc::new(Pipeline::new(Parts {
-            admission: Arc::new(memory_admission(settings)),
+            admission: Arc::new(admission),
             webhooks: webhook_policy(settings),
             bot,
             sender,
@@ -171,6 +228,7 @@ impl Application {
             pipeline.clone(),
             client.clone(),
             settings.server.body_limit_bytes,
+            Duration::from_millis(settings.server.read_timeout_ms),
         );
         // The second door: spawned on this runtime, which lives until the drain is done.
         let stream = if dt.mode.holds_stream() {
@@ -307,6 +365,9 @@ impl Application {
             stream.task.abort();
         }
         self.background.abort();
+        // Nothing is admitted any more: keep the replay and dedupe records for the next
+        // start.
+        pipeline.persist().await;
         tracing::info!("stopped");
         match result {
             Ok(r) => r,
@@ -338,6 +399,10 @@ fn http_server(
     })
     // Used only after the replies are drained, for what is left.
     .shutdown_timeout(WORKER_STOP_TIMEOUT.as_secs())
+    // A request head must arrive within the read timeout (the body's deadline is the
+    // callback handler's); a closed connection is not held open waiting for the client.
+    .client_request_timeout(Duration::from_millis(settings.server.read_timeout_ms))
+    .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
     // dingbot handles SIGTERM/SIGINT itself so that one grace period covers both the
     // open requests and the replies still being sent (see `run_until_stopped`).
     .disable_signals()

@@ -90,8 +90,6 @@ struct FileContents {
 pub struct BindingStore {
     /// `data_dir/bindings.json`.
     file: PathBuf,
-    /// The data dir (fsynced after a rename).
-    dir: PathBuf,
     /// What the file holds.
     bindings: RwLock<BTreeMap<String, Binding>>,
     /// Serialises writers so that no change is lost.
@@ -130,7 +128,6 @@ impl BindingStore {
         tracing::info!(file = %file.display(), bindings = bindings.len(), "binding store opened");
         Ok(BindingStore {
             file,
-            dir: data_dir.to_path_buf(),
             bindings: RwLock::new(bindings),
             write: tokio::sync::Mutex::new(()),
         })
@@ -193,18 +190,35 @@ impl BindingStore {
 
     /// Atomically replaces the file: temp file in the same dir, fsync, rename, fsync dir.
     fn replace_file(&self, bytes: &[u8]) -> std::io::Result<()> {
-        let tmp = temp_path(&self.dir);
-        let result = write_file(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &self.file));
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-            return result;
-        }
-        // Make the rename itself durable. Not every platform can open a directory.
-        if let Ok(dir) = std::fs::File::open(&self.dir) {
-            dir.sync_all()?;
-        }
-        Ok(())
+        write_atomically(&self.file, bytes)
     }
+}
+
+/// Replaces `path` with `bytes` atomically: a temp file in the same directory, fsynced,
+/// renamed over `path`, then the directory fsynced. A crash leaves the old or the new file.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map_or_else(|| "file".into(), |n| n.to_string_lossy());
+    let tmp = dir.join(format!(
+        ".{name}.{}.{:016x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let result = write_file(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return result;
+    }
+    // Make the rename itself durable. Not every platform can open a directory.
+    if let Ok(d) = std::fs::File::open(dir) {
+        d.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Parses the file, checking what serde cannot.
@@ -245,10 +259,19 @@ fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Temp files a crash left behind (never the live file).
 fn remove_stale_temp_files(dir: &Path) {
+    remove_stale_temp_files_of(&dir.join(BINDINGS_FILE));
+}
+
+/// Removes the temp files a crash during [`write_atomically`]`(path, …)` left behind
+/// (never `path` itself).
+pub fn remove_stale_temp_files_of(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
-    let prefix = format!(".{BINDINGS_FILE}.");
+    let prefix = format!(".{}.", name.to_string_lossy());
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();

@@ -16,9 +16,9 @@ static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Handles of the metrics every answered callback touches, registered once when the
 /// recorder is installed. A `counter!` with labels builds and hashes its key and looks it
-/// up in the registry on every call (about 10,000 instructions per answered `/info` in
-/// all, `bench/instructions.sh`); a handle is one atomic add. Until the recorder is installed (tests that never scrape)
-/// the macros are used, and record nowhere, as before.
+/// up in the registry on every call (what that cost is measured in `bench/README.md`); a
+/// handle is one atomic add. Until the recorder is installed (tests that never scrape) the
+/// macros are used, and record nowhere, as before.
 static HANDLES: OnceLock<Handles> = OnceLock::new();
 
 /// Endpoints whose successful calls are counted through a cached handle.
@@ -186,6 +186,12 @@ pub fn api_call(endpoint: &'static str, failure: Option<String>, elapsed: Durati
     histogram!("dingbot_api_latency_seconds", "endpoint" => endpoint).record(elapsed.as_secs_f64());
 }
 
+/// Counts a callback field that arrived in a shape dingbot does not use and was ignored
+/// (`field` is the field's fixed name, never its value).
+pub fn odd_callback_field(field: &'static str) {
+    counter!("dingbot_callback_odd_fields_total", "field" => field).increment(1);
+}
+
 /// Counts a retry of a DingTalk call.
 pub fn api_retry(endpoint: &'static str) {
     counter!("dingbot_api_retries_total", "endpoint" => endpoint).increment(1);
@@ -205,6 +211,13 @@ pub fn cache(cache: &'static str, hit: bool) {
     }
     let result = if hit { "hit" } else { "miss" };
     counter!("dingbot_cache_total", "cache" => cache, "result" => result).increment(1);
+}
+
+/// Counts a reply that went through the robot send APIs instead of the sessionWebhook:
+/// `reason` `expired`, `session_gone` or `webhook_failed`; `result` `sent`, `failed` or
+/// `throttled`. (The reply is also counted once in `dingbot_replies_total`.)
+pub fn reply_fallback(reason: &'static str, result: &'static str) {
+    counter!("dingbot_reply_fallbacks_total", "reason" => reason, "result" => result).increment(1);
 }
 
 /// Counts a reply by result: `sent`, `failed`, `throttled`.

@@ -37,30 +37,134 @@ const MAX_QUOTED: usize = 32;
 /// recognisable as invalid).
 pub const MAX_CHATID_WORD: usize = 129;
 
-/// Parses the text of a message.
-pub fn parse(text: &str) -> Command {
-    let mut words = text
-        .split(|c: char| c.is_whitespace() || c.is_control())
+/// The words of `text`: split at whitespace and control characters.
+fn words(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| c.is_whitespace() || c.is_control())
         .filter(|w| !w.is_empty())
-        .skip_while(|w| w.starts_with('@') || w.starts_with('＠'));
-    let Some(first) = words.next() else {
-        return Command::Help;
-    };
-    let word: String = first
+}
+
+/// Whether a word is an @-mention (DingTalk leaves other people's mentions in the text).
+fn is_mention(word: &str) -> bool {
+    word.starts_with('@') || word.starts_with('＠')
+}
+
+/// The commands the robot knows, in the order `/help` lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verb {
+    /// Summarise this group.
+    Info,
+    /// Attach the group's chatid.
+    Bind,
+    /// List the commands.
+    Help,
+}
+
+/// How a command is typed and how `/help` presents it. Adding a command is a [`Verb`], its
+/// entry here, its template and its arm in `Bot::answer` (the compiler asks for the last);
+/// the help text follows from this table.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Spec {
+    /// The command.
+    pub verb: Verb,
+    /// What the user may type as the first word, lowercase (`／` is read as `/`).
+    #[serde(skip)]
+    pub words: &'static [&'static str],
+    /// The command as `/help` shows it, with its argument.
+    pub usage: &'static str,
+    /// The Chinese alias `/help` shows next to it (zh only).
+    pub alias: Option<&'static str>,
+    /// Only group admins (or listed userids) may use it.
+    pub admin_only: bool,
+    /// What it does, in Chinese.
+    pub about_zh: &'static str,
+    /// What it does, in English.
+    pub about_en: &'static str,
+}
+
+/// Every command.
+pub const COMMANDS: [Spec; 3] = [
+    Spec {
+        verb: Verb::Info,
+        words: &["/info", "群信息", "/群信息"],
+        usage: "/info",
+        alias: Some("群信息"),
+        admin_only: false,
+        about_zh: "查看本群的名称、群主、人数和群设置",
+        about_en: "this group's name, owner, member count and settings",
+    },
+    Spec {
+        verb: Verb::Bind,
+        words: &["/bind", "绑定", "/绑定"],
+        usage: "/bind chatid",
+        alias: None,
+        admin_only: true,
+        about_zh: "把本群的 chatid 告诉我，之后 /info 能显示完整信息",
+        about_en: "tell me this group's chatid so /info can show everything",
+    },
+    Spec {
+        verb: Verb::Help,
+        words: &["/help", "帮助", "/帮助", "/?", "?", "？"],
+        usage: "/help",
+        alias: Some("帮助"),
+        admin_only: false,
+        about_zh: "显示这段说明",
+        about_en: "show this help",
+    },
+];
+
+fn verb(word: &str) -> Option<Verb> {
+    let word: String = word
         .chars()
         .map(|c| if c == '／' { '/' } else { c })
         .flat_map(char::to_lowercase)
         .collect();
-    match word.as_str() {
-        "/info" | "群信息" | "/群信息" => Command::Info,
-        "/help" | "帮助" | "/帮助" | "/?" | "?" | "？" => Command::Help,
-        "/bind" | "绑定" | "/绑定" => Command::Bind(
-            words
-                .next()
-                .map(|w| w.chars().take(MAX_CHATID_WORD).collect())
-                .unwrap_or_default(),
-        ),
-        _ => Command::Unknown(first.chars().take(MAX_QUOTED).collect()),
+    COMMANDS
+        .iter()
+        .find(|spec| spec.words.contains(&word.as_str()))
+        .map(|spec| spec.verb)
+}
+
+/// Parses the text of a message.
+///
+/// The command is taken from the first line whose first word (after @-mentions) is one:
+/// a rich-text message puts each line in a segment of its own, so a greeting or a picture
+/// may come first, and `/bind`'s chatid may be on the next line. Without any, the first
+/// word of the whole text is quoted back as unknown (or it is a bare mention: help).
+pub fn parse(text: &str) -> Command {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let line_end = offset + line.len();
+        let mut first = None;
+        let mut pos = offset;
+        for w in words(line) {
+            if !is_mention(w) {
+                // `w` is a subslice of `line`: its end within `text`.
+                let start = w.as_ptr() as usize - line.as_ptr() as usize;
+                pos = offset + start + w.len();
+                first = Some(w);
+                break;
+            }
+        }
+        if let Some(verb) = first.and_then(verb) {
+            // Arguments may continue on the following lines.
+            let rest = text.get(pos..).unwrap_or_default();
+            return match verb {
+                Verb::Info => Command::Info,
+                Verb::Help => Command::Help,
+                Verb::Bind => Command::Bind(
+                    words(rest)
+                        .next()
+                        .map(|w| w.chars().take(MAX_CHATID_WORD).collect())
+                        .unwrap_or_default(),
+                ),
+            };
+        }
+        offset = line_end;
+    }
+    match words(text).find(|w| !is_mention(w)) {
+        None => Command::Help,
+        Some(first) => Command::Unknown(first.chars().take(MAX_QUOTED).collect()),
     }
 }
 
@@ -96,6 +200,24 @@ mod tests {
         assert_eq!(parse("绑定 chatY"), Command::Bind("chatY".into()));
         assert_eq!(parse("/bind"), Command::Bind(String::new()));
         assert_eq!(parse("/binding"), Command::Unknown("/binding".into()));
+    }
+
+    #[test]
+    fn the_first_line_with_a_command_wins() {
+        // Rich text: /info, a picture, 谢谢 arrive as lines.
+        assert_eq!(parse("/info\n谢谢"), Command::Info);
+        assert_eq!(parse("你好\n/info"), Command::Info);
+        assert_eq!(parse("@张三\n\n 群信息 \n/help"), Command::Info);
+        // The chatid on the next line.
+        assert_eq!(parse("/bind\nchat0001"), Command::Bind("chat0001".into()));
+        assert_eq!(
+            parse("/bind\n\n\nchat0001"),
+            Command::Bind("chat0001".into())
+        );
+        // Glued text is still not a command; nothing known quotes the first word.
+        assert_eq!(parse("/info谢谢"), Command::Unknown("/info谢谢".into()));
+        assert_eq!(parse("你好\n谢谢"), Command::Unknown("你好".into()));
+        assert_eq!(parse("@a\n@b\n"), Command::Help);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 pub mod command;
 pub mod groups;
 pub mod resolver;
+pub mod summary;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +28,8 @@ use crate::store::{Binding, BindingStore};
 use crate::telemetry;
 pub use command::Command;
 pub use groups::GroupDirectory;
-pub use resolver::{Field, GroupSummary, Missing, Resolver};
+pub use resolver::Resolver;
+pub use summary::{Field, GroupSummary, Missing};
 
 /// How the bot behaves, from the settings.
 #[derive(Debug, Clone)]
@@ -228,6 +230,24 @@ impl<'a> InfoView<'a> {
     }
 }
 
+/// Context of `help.md.j2`: the command list comes from [`command::COMMANDS`].
+#[derive(Debug, Serialize)]
+struct HelpView<'a> {
+    /// The word that was not understood, if any.
+    unknown: Option<&'a str>,
+    /// Every command.
+    commands: &'static [command::Spec],
+}
+
+impl<'a> HelpView<'a> {
+    fn new(unknown: Option<&'a str>) -> HelpView<'a> {
+        HelpView {
+            unknown,
+            commands: &command::COMMANDS,
+        }
+    }
+}
+
 /// Context of `unbound.md.j2`: nothing at all is known about the group.
 #[derive(Debug, Serialize)]
 struct UnboundView<'a> {
@@ -246,18 +266,6 @@ struct BindView<'a> {
     chatid: &'a str,
     /// Why the conversion failed (`conversion_failed`).
     error: Option<ErrorView>,
-}
-
-/// Longest chatid `/bind` accepts.
-const MAX_CHATID: usize = 128;
-
-/// A chatid as DingTalk writes them: `chat` and hex, in practice; be a little lenient.
-fn plausible_chatid(chatid: &str) -> bool {
-    !chatid.is_empty()
-        && chatid.len() <= MAX_CHATID
-        && chatid
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '=' | '+' | '.'))
 }
 
 /// Context of `info_error.md.j2`.
@@ -293,6 +301,7 @@ impl ErrorView {
             ErrorKind::NotSceneGroup
             | ErrorKind::UnknownUser
             | ErrorKind::SendTooFast
+            | ErrorKind::InvalidInput
             | ErrorKind::Other => ErrorKind::Other,
             kind => kind,
         };
@@ -420,7 +429,8 @@ impl Bot {
         let text = match &cb.body {
             Body::Text(t) => t,
             Body::Other(kind) => {
-                tracing::debug!(msgtype = %kind, "non-text message");
+                // `msgtype` is the sender's to choose: logged escaped (Debug), never as raw text.
+                tracing::debug!(msgtype = ?kind, "non-text message");
                 telemetry::command("not_text");
                 return self.renderer.render(Template::NotText, &()).into();
             }
@@ -443,11 +453,8 @@ impl Bot {
     }
 
     fn help(&self, unknown: Option<&str>) -> Rendered {
-        #[derive(Serialize)]
-        struct HelpView<'a> {
-            unknown: Option<&'a str>,
-        }
-        self.renderer.render(Template::Help, &HelpView { unknown })
+        self.renderer
+            .render(Template::Help, &HelpView::new(unknown))
     }
 
     async fn info(&self, cb: &Callback) -> Answer {
@@ -528,7 +535,9 @@ impl Bot {
         if chatid.is_empty() {
             return reply("usage", None);
         }
-        if !plausible_chatid(chatid) {
+        // The chatid becomes a URL path segment of the conversion call: `.`, `..`, `/` or
+        // `%` would change the path the token is sent to.
+        if !crate::dingtalk::client::valid_chatid(chatid) {
             return reply("invalid", None);
         }
         let listed = cb
@@ -547,6 +556,9 @@ impl Bot {
             Ok(Ok(cid)) => cid,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "bind: chatid conversion failed");
+                if e.kind() == ErrorKind::InvalidInput {
+                    return reply("invalid", None);
+                }
                 let unknown = e.kind() == ErrorKind::BadChatid;
                 if unknown {
                     return reply("unknown_chatid", None);
@@ -575,7 +587,136 @@ impl Bot {
         if let Some(cache) = &self.info_cache {
             cache.invalidate(&cid).await;
         }
-        tracing::info!(conversation_id = %cid, "group bound");
+        tracing::info!(conversation_id = ?cid, "group bound");
         reply("ok", None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn help_lists_every_command_from_the_table_in_both_languages() {
+        let zh = Renderer::new(Language::Zh, None)
+            .unwrap()
+            .render(Template::Help, &HelpView::new(None));
+        assert!(
+            zh.text.contains(
+                "- **/info**（或「群信息」）：查看本群的名称、群主、人数和群设置\n\
+             - **/bind chatid**（群管理员）：把本群的 chatid 告诉我，之后 /info 能显示完整信息\n\
+             - **/help**（或「帮助」）：显示这段说明"
+            ),
+            "{}",
+            zh.text
+        );
+        let en = Renderer::new(Language::En, None)
+            .unwrap()
+            .render(Template::Help, &HelpView::new(Some("/foo")));
+        assert!(
+            en.text.contains("I did not understand \"/foo\""),
+            "{}",
+            en.text
+        );
+        assert!(en.text.contains(
+            "- **/info**: this group's name, owner, member count and settings\n\
+             - **/bind chatid** (group admins): tell me this group's chatid so /info can show everything\n\
+             - **/help**: show this help"
+        ), "{}", en.text);
+        for spec in command::COMMANDS {
+            assert!(zh.text.contains(spec.about_zh) && en.text.contains(spec.about_en));
+        }
+    }
+
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::config::Language;
+    use crate::dingtalk::RetryPolicy;
+
+    /// A log sink the test reads back.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_forged_msgtype_cannot_forge_log_lines() {
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let forged = "x\n2026-01-01T00:00:00Z ERROR forged…\x1b[2J";
+        let body = serde_json::json!({
+            "msgId": "m", "conversationId": "cid", "conversationType": forged,
+            "sessionWebhook": "https://oapi.dingtalk.com/robot/sendBySession?session=s",
+            "msgtype": forged, "createAt": forged, "conversationTitle": "群",
+        });
+        let cb = serde_json::from_value::<crate::dingtalk::RobotMessage>(body)
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(cb.body, Body::Other(forged.to_string()));
+
+        let dir = std::env::temp_dir().join(format!("dingbot-bot-log-{}", std::process::id()));
+        let http = crate::dingtalk::transport::http_client(Duration::from_secs(1)).unwrap();
+        let client = Arc::new(DingTalkClient::new(
+            http,
+            "http://127.0.0.1:9",
+            "http://127.0.0.1:9",
+            "k",
+            "s".to_string().into(),
+            RetryPolicy::default(),
+        ));
+        let bot = Bot::new(
+            client,
+            Renderer::new(Language::Zh, None).unwrap(),
+            Arc::new(GroupDirectory::new(&[])),
+            Arc::new(BindingStore::open(&dir).unwrap()),
+            BotOptions {
+                lookup_deadline: Duration::from_secs(1),
+                info_ttl: Duration::ZERO,
+                info_max_groups: 10,
+                sources: Vec::new(),
+                denied_backoff: Duration::ZERO,
+                admin_user_ids: Vec::new(),
+                inline_mention: false,
+            },
+        );
+        let reply = bot.respond(&cb, Task::Answer).await;
+        drop(reply);
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let logged = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        assert!(logged.contains("non-text message"), "{logged}");
+        assert!(
+            logged.contains("callback field has an unexpected shape"),
+            "{logged}"
+        );
+        assert!(
+            !logged.contains('\x1b'),
+            "raw escape byte logged: {logged:?}"
+        );
+        // Four events, four lines; the forged text stays inside its own line, escaped.
+        assert_eq!(logged.lines().count(), 4, "{logged:?}");
+        for line in logged.lines() {
+            assert!(!line.starts_with("2026-01-01T00:00:00Z"), "{logged:?}");
+        }
+        assert!(logged.contains(r#"msgtype="x\n2026-01-01"#), "{logged:?}");
     }
 }

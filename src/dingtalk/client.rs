@@ -14,10 +14,13 @@ use std::time::{Duration, Instant};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use url::Url;
 
-use super::error::ApiError;
-use super::transport::{self, DEFAULT_PARALLEL_REQUESTS, RetryPolicy};
+use super::endpoint::Endpoint;
+use super::error::{ApiError, ErrorKind};
+use super::lenient;
+use super::transport::{
+    self, ACS_TOKEN, BoxFuture, DEFAULT_PARALLEL_REQUESTS, JSON, RetryPolicy, TokenSource,
+};
 use crate::telemetry;
 
 /// `chat_info` of a `chat/get` answer (protocol doc §5.2).
@@ -28,22 +31,38 @@ pub struct ChatInfo {
     pub name: String,
     /// Owner's userid.
     pub owner: String,
-    /// Member userids (the count is its length).
+    /// Member userids of the organisation's own staff.
     pub useridlist: Vec<String>,
+    /// External members (外部联系人); the member count is both lists together.
+    pub extidlist: Vec<String>,
     /// 0 normal, 1 everyone muted (全员禁言).
+    #[serde(deserialize_with = "lenient::number")]
     pub chat_banned_type: Option<i64>,
     /// 0/1: the group can be found by search.
+    #[serde(deserialize_with = "lenient::number")]
     pub searchable: Option<i64>,
     /// 0/1: joining needs approval.
+    #[serde(deserialize_with = "lenient::number")]
     pub validation_type: Option<i64>,
     /// 0 everyone, 1 only owner/admins may @all.
+    #[serde(deserialize_with = "lenient::number")]
     pub mention_all_authority: Option<i64>,
     /// 0 everyone, 1 only owner/admins manage the group.
+    #[serde(deserialize_with = "lenient::number")]
     pub management_type: Option<i64>,
     /// 0/1: new members see the history.
+    #[serde(deserialize_with = "lenient::number")]
     pub show_history_type: Option<i64>,
     /// 1 normal, 2 dissolved.
+    #[serde(deserialize_with = "lenient::number")]
     pub status: Option<i64>,
+}
+
+impl ChatInfo {
+    /// Members of the group: staff and external members (`chat/get` has no count field).
+    pub fn member_count(&self) -> usize {
+        self.useridlist.len() + self.extidlist.len()
+    }
 }
 
 /// `result` of `topapi/im/chat/scenegroup/get` (protocol doc §6.2): a scene group of this app.
@@ -56,23 +75,35 @@ pub struct SceneGroupInfo {
     pub owner_staff_id: String,
     /// The group's policy flags.
     pub management_options: ManagementOptions,
+    /// Number of members, when DingTalk says (the official example has it; older answers
+    /// may not).
+    #[serde(deserialize_with = "lenient::number")]
+    pub member_amount: Option<u64>,
 }
 
-/// `management_options` of a scene group (same meanings as the `chat/get` flags).
+/// `management_options` of a scene group (same meanings as the `chat/get` flags). DingTalk
+/// sends them as `"0"`/`"1"` strings (the official TOP SDK types them `String`); numbers
+/// are read as well.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct ManagementOptions {
     /// 0 normal, 1 everyone muted.
+    #[serde(deserialize_with = "lenient::number")]
     pub chat_banned_type: Option<i64>,
     /// 0/1: the group can be found by search.
+    #[serde(deserialize_with = "lenient::number")]
     pub searchable: Option<i64>,
     /// 0/1: joining needs approval.
+    #[serde(deserialize_with = "lenient::number")]
     pub validation_type: Option<i64>,
     /// 0 everyone, 1 only owner/admins may @all.
+    #[serde(deserialize_with = "lenient::number")]
     pub mention_all_authority: Option<i64>,
     /// 0 everyone, 1 only owner/admins manage the group.
+    #[serde(deserialize_with = "lenient::number")]
     pub management_type: Option<i64>,
     /// 0/1: new members see the history.
+    #[serde(deserialize_with = "lenient::number")]
     pub show_history_type: Option<i64>,
 }
 
@@ -83,6 +114,7 @@ pub struct GroupBaseInfo {
     /// Group title.
     pub title: String,
     /// Number of members, when DingTalk says.
+    #[serde(deserialize_with = "lenient::number")]
     pub member_count: Option<u64>,
 }
 
@@ -122,6 +154,41 @@ impl std::fmt::Debug for DingTalkClient {
             .field("api", &self.api)
             .finish_non_exhaustive()
     }
+}
+
+/// Longest chatid accepted (DingTalk's are `chat` and 32 hex digits).
+pub const MAX_CHATID_LEN: usize = 128;
+
+/// Whether `chatid` looks like a DingTalk chatid (`chat` and hex in every documented
+/// example, e.g. `chate39f540dxxxx`): 1–128 characters, starting with an ASCII letter or
+/// digit, made of ASCII letters, digits, `-`, `_`, `=` and `+` only. No `.`, `/`, `%`, `?`
+/// or `#`, so it can never change the URL path it is put in.
+pub fn valid_chatid(chatid: &str) -> bool {
+    chatid.len() <= MAX_CHATID_LEN
+        && chatid
+            .as_bytes()
+            .first()
+            .is_some_and(u8::is_ascii_alphanumeric)
+        && chatid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=' | b'+'))
+}
+
+/// `segment` percent-encoded for use as one URL path segment: everything but ASCII
+/// letters, digits and `-_~=+` is encoded (so `/`, `%`, `?`, `#` and `.` cannot act). A
+/// segment of dots only would still be read as `.`/`..` by URL parsers, which also decode
+/// `%2E`: callers refuse such values before (see [`valid_chatid`]).
+pub fn path_segment(segment: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~' | b'=' | b'+') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
 }
 
 impl DingTalkClient {
@@ -188,7 +255,9 @@ impl DingTalkClient {
         if let Some(t) = self.cached_token() {
             return Ok(t);
         }
-        let token = self.with_retries("gettoken", || self.fetch_token()).await?;
+        let token = self
+            .with_retries(Endpoint::GetToken, || self.fetch_token())
+            .await?;
         Ok(token)
     }
 
@@ -212,22 +281,22 @@ impl DingTalkClient {
         #[derive(Deserialize)]
         struct TokenAnswer {
             access_token: String,
-            #[serde(default)]
-            expires_in: i64,
+            #[serde(default, deserialize_with = "lenient::number")]
+            expires_in: Option<i64>,
         }
         let url = format!("{}/gettoken", self.oapi);
         let req = self.http.get(url).query(&[
             ("appkey", self.app_key.as_str()),
             ("appsecret", self.app_secret.expose_secret()),
         ]);
-        let answer: TokenAnswer = self.send_oapi("gettoken", req).await?;
+        let answer: TokenAnswer = self.send_oapi(Endpoint::GetToken, req).await?;
         if answer.access_token.is_empty() {
             return Err(ApiError::BadBody {
-                endpoint: "gettoken",
+                endpoint: Endpoint::GetToken,
                 status: 200,
             });
         }
-        let lifetime = Duration::from_secs(answer.expires_in.clamp(60, 86_400) as u64);
+        let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(0).clamp(60, 86_400) as u64);
         // Refresh a little early: 5 minutes, or a tenth of short lifetimes.
         let margin = Duration::from_secs(300).min(lifetime / 10);
         let value: Arc<str> = Arc::from(answer.access_token);
@@ -247,47 +316,47 @@ impl DingTalkClient {
             chat_info: ChatInfo,
         }
         let answer: Answer = self
-            .with_token("chat/get", |token| {
+            .with_token(Endpoint::ChatGet, |token| {
                 let url = format!("{}/chat/get", self.oapi);
                 let req = self
                     .http
                     .get(url)
                     .query(&[("access_token", token), ("chatid", chatid)]);
-                self.send_oapi("chat/get", req)
+                self.send_oapi(Endpoint::ChatGet, req)
             })
             .await?;
         Ok(answer.chat_info)
     }
 
-    /// `POST {api}/v1.0/im/chat/{chatid}/convertToOpenConversationId`
+    /// `POST {api}/v1.0/im/chat/{chatid}/convertToOpenConversationId`, without a body (as
+    /// the official SDK sends it). A chatid that is not [`valid_chatid`] is refused before
+    /// anything is sent: it becomes a URL path segment next to the token.
     pub async fn convert_to_open_conversation_id(&self, chatid: &str) -> Result<String, ApiError> {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Answer {
             open_conversation_id: String,
         }
-        let mut url = Url::parse(&self.api).map_err(|_| ApiError::Transport {
-            endpoint: "convertToOpenConversationId",
-            detail: "api_base is not a URL".into(),
-            timeout: false,
-            connect: true,
-        })?;
-        url.path_segments_mut()
-            .map_err(|_| ApiError::Transport {
-                endpoint: "convertToOpenConversationId",
-                detail: "api_base cannot take a path".into(),
-                timeout: false,
-                connect: true,
-            })?
-            .extend(["v1.0", "im", "chat", chatid, "convertToOpenConversationId"]);
+        const ENDPOINT: Endpoint = Endpoint::ConvertToOpenConversationId;
+        if !valid_chatid(chatid) {
+            return Err(ApiError::InvalidInput {
+                endpoint: ENDPOINT,
+                what: "chatid",
+            });
+        }
+        let url = format!(
+            "{}/v1.0/im/chat/{}/convertToOpenConversationId",
+            self.api,
+            path_segment(chatid)
+        );
         let answer: Answer = self
-            .with_token("convertToOpenConversationId", |token| {
+            .with_token(ENDPOINT, |token| {
                 let req = self
                     .http
-                    .post(url.clone())
-                    .header("x-acs-dingtalk-access-token", token)
-                    .json(&serde_json::json!({}));
-                self.send_api("convertToOpenConversationId", req)
+                    .post(url.as_str())
+                    .header(ACS_TOKEN, token)
+                    .header(reqwest::header::ACCEPT, JSON);
+                self.send_api(ENDPOINT, req)
             })
             .await?;
         Ok(answer.open_conversation_id)
@@ -307,14 +376,14 @@ impl DingTalkClient {
         }
         let body = serde_json::json!({ "open_conversation_id": open_conversation_id });
         let answer: Answer = self
-            .with_token("scenegroup/get", |token| {
+            .with_token(Endpoint::SceneGroupGet, |token| {
                 let url = format!("{}/topapi/im/chat/scenegroup/get", self.oapi);
                 let req = self
                     .http
                     .post(url)
                     .query(&[("access_token", token)])
                     .json(&body);
-                self.send_oapi("scenegroup/get", req)
+                self.send_oapi(Endpoint::SceneGroupGet, req)
             })
             .await?;
         Ok(answer.result)
@@ -334,13 +403,14 @@ impl DingTalkClient {
         let url = format!("{}/v1.0/im/groups/baseInfos/query", self.api);
         let body = serde_json::json!({ "openConversationId": open_conversation_id });
         let answer: Answer = self
-            .with_token("baseInfos/query", |token| {
+            .with_token(Endpoint::GroupBaseInfos, |token| {
                 let req = self
                     .http
                     .post(url.as_str())
-                    .header("x-acs-dingtalk-access-token", token)
+                    .header(ACS_TOKEN, token)
+                    .header(reqwest::header::ACCEPT, JSON)
                     .json(&body);
-                self.send_api("baseInfos/query", req)
+                self.send_api(Endpoint::GroupBaseInfos, req)
             })
             .await?;
         Ok(answer.result)
@@ -361,21 +431,56 @@ impl DingTalkClient {
         }
         let body = serde_json::json!({ "userid": userid });
         let answer: Answer = self
-            .with_token("user/get", |token| {
+            .with_token(Endpoint::UserGet, |token| {
                 let url = format!("{}/topapi/v2/user/get", self.oapi);
                 let req = self
                     .http
                     .post(url)
                     .query(&[("access_token", token)])
                     .json(&body);
-                self.send_oapi("user/get", req)
+                self.send_oapi(Endpoint::UserGet, req)
             })
             .await?;
         Ok(answer.result.name)
     }
 
+    /// Whether the app may use the robot send APIs (`qyapi_robot_sendmsg`), for `dingbot
+    /// check`: `groupMessages/send` without an `openConversationId`, which cannot send
+    /// anything. A refusal of the parameters means the permission is there; a permission
+    /// failure (or no answer) is the error. (That DingTalk checks the permission before
+    /// the parameters is how its API gateway behaves elsewhere; unconfirmed for this API.)
+    pub async fn probe_robot_send(&self, robot_code: &str) -> Result<(), ApiError> {
+        const ENDPOINT: Endpoint = Endpoint::RobotGroupSend;
+        let url = format!("{}/v1.0/robot/groupMessages/send", self.api);
+        let body = serde_json::json!({
+            "robotCode": robot_code,
+            "msgKey": "sampleMarkdown",
+            "msgParam": r#"{"title":"dingbot check","text":"dingbot check"}"#,
+        });
+        let answer = self
+            .with_token(ENDPOINT, |token| {
+                let req = self
+                    .http
+                    .post(url.as_str())
+                    .header(ACS_TOKEN, token)
+                    .header(reqwest::header::ACCEPT, JSON)
+                    .json(&body);
+                self.send_api::<serde_json::Value>(ENDPOINT, req)
+            })
+            .await;
+        match answer {
+            Ok(_) => Ok(()),
+            Err(e @ ApiError::Http { status, .. })
+                if (400..500).contains(&status) && e.kind() == ErrorKind::Other =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Runs `call` with a token; on an invalid-token answer drops it and tries once more.
-    async fn with_token<T, F, Fut>(&self, endpoint: &'static str, call: F) -> Result<T, ApiError>
+    async fn with_token<T, F, Fut>(&self, endpoint: Endpoint, call: F) -> Result<T, ApiError>
     where
         F: Fn(&str) -> Fut,
         Fut: Future<Output = Result<T, ApiError>>,
@@ -383,7 +488,10 @@ impl DingTalkClient {
         let token = self.access_token().await?;
         match self.with_retries(endpoint, || call(&token)).await {
             Err(e) if e.is_invalid_token() => {
-                tracing::warn!(endpoint, "access token refused; fetching a new one");
+                tracing::warn!(
+                    endpoint = endpoint.label(),
+                    "access token refused; fetching a new one"
+                );
                 self.invalidate(&token);
                 let token = self.access_token().await?;
                 self.with_retries(endpoint, || call(&token)).await
@@ -393,7 +501,7 @@ impl DingTalkClient {
     }
 
     /// Retries transient failures with exponential backoff and jitter inside the deadline.
-    async fn with_retries<T, F, Fut>(&self, endpoint: &'static str, call: F) -> Result<T, ApiError>
+    async fn with_retries<T, F, Fut>(&self, endpoint: Endpoint, call: F) -> Result<T, ApiError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, ApiError>>,
@@ -405,7 +513,7 @@ impl DingTalkClient {
     /// Retries failures for which `retryable` holds, with backoff inside the deadline.
     async fn with_retries_if<T, F, Fut>(
         &self,
-        endpoint: &'static str,
+        endpoint: Endpoint,
         retryable: fn(&ApiError) -> bool,
         call: F,
     ) -> Result<T, ApiError>
@@ -419,7 +527,7 @@ impl DingTalkClient {
     /// Sends a legacy-host request: HTTP 200 with `errcode` 0 is success.
     async fn send_oapi<T: DeserializeOwned>(
         &self,
-        endpoint: &'static str,
+        endpoint: Endpoint,
         req: reqwest::RequestBuilder,
     ) -> Result<T, ApiError> {
         let started = Instant::now();
@@ -430,7 +538,7 @@ impl DingTalkClient {
 
     async fn send_oapi_inner<T: DeserializeOwned>(
         &self,
-        endpoint: &'static str,
+        endpoint: Endpoint,
         req: reqwest::RequestBuilder,
     ) -> Result<T, ApiError> {
         let (status, body) = self.send(endpoint, req).await?;
@@ -440,7 +548,7 @@ impl DingTalkClient {
     /// Sends a new-host request: 2xx with a JSON body is success, 4xx/5xx carries `code`.
     async fn send_api<T: DeserializeOwned>(
         &self,
-        endpoint: &'static str,
+        endpoint: Endpoint,
         req: reqwest::RequestBuilder,
     ) -> Result<T, ApiError> {
         let started = Instant::now();
@@ -451,47 +559,22 @@ impl DingTalkClient {
 
     async fn send_api_inner<T: DeserializeOwned>(
         &self,
-        endpoint: &'static str,
+        endpoint: Endpoint,
         req: reqwest::RequestBuilder,
     ) -> Result<T, ApiError> {
         let (status, body) = self.send(endpoint, req).await?;
-        if (200..300).contains(&status) {
-            return serde_json::from_slice(&body)
-                .map_err(|_| ApiError::BadBody { endpoint, status });
-        }
-        #[derive(Deserialize, Default)]
-        #[serde(default, rename_all = "camelCase")]
-        struct Failure {
-            code: String,
-            message: String,
-            #[serde(rename = "accessdenieddetail")]
-            access_denied_detail: Option<Denied>,
-        }
-        #[derive(Deserialize, Default)]
-        #[serde(default, rename_all = "camelCase")]
-        struct Denied {
-            required_scopes: Vec<String>,
-        }
-        match serde_json::from_slice::<Failure>(&body) {
-            Ok(f) => Err(ApiError::Http {
-                endpoint,
-                status,
-                code: f.code,
-                message: f.message,
-                required_scopes: f
-                    .access_denied_detail
-                    .map(|d| d.required_scopes)
-                    .unwrap_or_default(),
-            }),
-            Err(_) if status >= 500 => Err(ApiError::BadBody { endpoint, status }),
-            Err(_) => Err(ApiError::Http {
-                endpoint,
-                status,
-                code: String::new(),
-                message: String::new(),
-                required_scopes: Vec::new(),
-            }),
-        }
+        transport::api_answer(endpoint, status, &body)
+    }
+}
+
+/// The reply sender's fallback takes its tokens from the same cache.
+impl TokenSource for DingTalkClient {
+    fn access_token(&self) -> BoxFuture<'_, Result<Arc<str>, ApiError>> {
+        Box::pin(DingTalkClient::access_token(self))
+    }
+
+    fn invalidate(&self, bad: &str) {
+        DingTalkClient::invalidate(self, bad);
     }
 }
 
@@ -501,10 +584,43 @@ impl DingTalkClient {
     /// attempt only, never while backing off, and never while waiting for another slot.
     async fn send(
         &self,
-        endpoint: &'static str,
+        endpoint: Endpoint,
         req: reqwest::RequestBuilder,
     ) -> Result<(u16, bytes::Bytes), ApiError> {
         let _slot = self.api_slots.acquire().await;
         transport::send(endpoint, req).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chatids_are_checked_conservatively() {
+        for ok in [
+            "chate39f540dxxxx",
+            "chatbound0001",
+            "0chat",
+            "chat-a_b=+",
+            "C",
+        ] {
+            assert!(valid_chatid(ok), "{ok}");
+        }
+        let long = "c".repeat(MAX_CHATID_LEN + 1);
+        for bad in [
+            "", ".", "..", "chat.x", "../x", "a/b", "-chat", "_chat", "=", "chat%2e", "chat?x",
+            "chat#x", "chat x", "chät", &long,
+        ] {
+            assert!(!valid_chatid(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(path_segment("chat0001"), "chat0001");
+        assert_eq!(path_segment("a+b=c-d_e~"), "a+b=c-d_e~");
+        assert_eq!(path_segment("../a/b?c#d%"), "%2E%2E%2Fa%2Fb%3Fc%23d%25");
+        assert_eq!(path_segment("群"), "%E7%BE%A4");
     }
 }

@@ -7,8 +7,16 @@
 //! ([`ApiError::is_invalid_token`]). No variant ever holds a URL (tokens travel in query
 //! strings) or a secret.
 
+use super::endpoint::Endpoint;
+
 /// `errcode`s that mean "busy or throttled, try again later" (protocol doc §4.3, §8).
 pub const TRANSIENT_ERRCODES: &[i64] = &[-1, 90002, 90005, 90006, 90018, 90019];
+
+/// The permission the robot send APIs need (protocol doc §3.4, §8).
+pub const ROBOT_SEND_SCOPE: &str = "qyapi_robot_sendmsg";
+
+/// The list of a `oToMessages/batchSend` answer that names recipients under flow control.
+pub const FLOW_CONTROLLED: &str = "flowControlledStaffIdList";
 
 /// What a failure means, whatever host or code DingTalk used to say it. This is the only
 /// place DingTalk's error codes are interpreted; everything outside `dingtalk/` (replies,
@@ -32,14 +40,20 @@ pub enum ErrorKind {
     NotSceneGroup,
     /// DingTalk does not know this user (`user/get`).
     UnknownUser,
-    /// The robot sent too many messages to the group (130101): DingTalk throttles it.
+    /// The robot sent too many messages to the group (130101), or a robot send API put the
+    /// recipient under flow control: DingTalk throttles it.
     SendTooFast,
+    /// The sessionWebhook's session no longer exists (300001 "session 不存在"): expired or
+    /// never valid; a reply can only go another way.
+    SessionGone,
     /// Busy or throttled: worth trying again later.
     Busy,
     /// No answer in time.
     Slow,
     /// No usable answer (connection failed, unreadable body).
     Unavailable,
+    /// dingbot refused to send a value that cannot be put into the request as it is.
+    InvalidInput,
     /// Anything else; the errcode and message are in the error.
     Other,
 }
@@ -57,9 +71,11 @@ impl ErrorKind {
             ErrorKind::NotSceneGroup => "not_scene_group",
             ErrorKind::UnknownUser => "unknown_user",
             ErrorKind::SendTooFast => "send_too_fast",
+            ErrorKind::SessionGone => "session_gone",
             ErrorKind::Busy => "busy",
             ErrorKind::Slow => "slow",
             ErrorKind::Unavailable => "unavailable",
+            ErrorKind::InvalidInput => "invalid_input",
             ErrorKind::Other => "other",
         }
     }
@@ -73,7 +89,7 @@ pub enum ApiError {
     #[error("{endpoint}: {detail}")]
     Transport {
         /// Which API.
-        endpoint: &'static str,
+        endpoint: Endpoint,
         /// What happened (never includes the URL).
         detail: String,
         /// Whether the per-call timeout or the overall deadline fired.
@@ -85,15 +101,34 @@ pub enum ApiError {
     #[error("{endpoint}: unreadable answer (HTTP {status})")]
     BadBody {
         /// Which API.
-        endpoint: &'static str,
+        endpoint: Endpoint,
         /// HTTP status of the answer.
         status: u16,
+    },
+    /// Refused before sending: an argument cannot be put into the request as it is (e.g. a
+    /// chatid that would change the URL path). Nothing reached DingTalk.
+    #[error("{endpoint}: refused to send an invalid {what}")]
+    InvalidInput {
+        /// Which API.
+        endpoint: Endpoint,
+        /// Which argument.
+        what: &'static str,
+    },
+    /// A robot send API answered but did not send the message to the recipient, who is
+    /// listed in its answer (`invalidStaffIdList`, `flowControlledStaffIdList`,
+    /// `filteredStaffIdList`).
+    #[error("{endpoint}: DingTalk did not send the message (recipient in {list})")]
+    NotSent {
+        /// Which API.
+        endpoint: Endpoint,
+        /// The answer's list the recipient is in.
+        list: &'static str,
     },
     /// Legacy host: HTTP 200 with a non-zero `errcode`.
     #[error("{endpoint}: errcode {errcode} ({errmsg})")]
     DingTalk {
         /// Which API.
-        endpoint: &'static str,
+        endpoint: Endpoint,
         /// DingTalk's error code.
         errcode: i64,
         /// DingTalk's message.
@@ -105,7 +140,7 @@ pub enum ApiError {
     #[error("{endpoint}: HTTP {status} {code}")]
     Http {
         /// Which API.
-        endpoint: &'static str,
+        endpoint: Endpoint,
         /// HTTP status.
         status: u16,
         /// DingTalk's `code`, e.g. `InvalidAuthentication`, or empty.
@@ -119,12 +154,14 @@ pub enum ApiError {
 
 impl ApiError {
     /// The API that failed.
-    pub fn endpoint(&self) -> &'static str {
+    pub fn endpoint(&self) -> Endpoint {
         match self {
             ApiError::Transport { endpoint, .. }
             | ApiError::BadBody { endpoint, .. }
+            | ApiError::InvalidInput { endpoint, .. }
+            | ApiError::NotSent { endpoint, .. }
             | ApiError::DingTalk { endpoint, .. }
-            | ApiError::Http { endpoint, .. } => endpoint,
+            | ApiError::Http { endpoint, .. } => *endpoint,
         }
     }
 
@@ -132,6 +169,7 @@ impl ApiError {
     pub fn is_transient(&self) -> bool {
         match self {
             ApiError::Transport { .. } | ApiError::BadBody { .. } => true,
+            ApiError::InvalidInput { .. } | ApiError::NotSent { .. } => false,
             ApiError::DingTalk { errcode, .. } => TRANSIENT_ERRCODES.contains(errcode),
             ApiError::Http { status, code, .. } => {
                 *status >= 500 || *status == 429 || code.contains("Throttling")
@@ -145,9 +183,32 @@ impl ApiError {
     pub fn surely_not_delivered(&self) -> bool {
         match self {
             ApiError::Transport { connect, .. } => *connect,
+            ApiError::InvalidInput { .. } | ApiError::NotSent { .. } => true,
             ApiError::BadBody { status, .. } => *status >= 500 || *status == 429,
             ApiError::DingTalk { errcode, .. } => TRANSIENT_ERRCODES.contains(errcode),
-            ApiError::Http { status, .. } => *status >= 500 || *status == 429,
+            ApiError::Http { status, code, .. } => {
+                *status >= 500 || *status == 429 || code.contains("Throttling")
+            }
+        }
+    }
+
+    /// Worth sending again after a pause: DingTalk surely did not take the message and the
+    /// failure is a passing one (no connection, busy, 5xx, 429). The robot send APIs
+    /// retry on this; a refusal that would only repeat itself is not retried.
+    pub fn worth_resending(&self) -> bool {
+        self.surely_not_delivered() && self.is_transient()
+    }
+
+    /// A failed sessionWebhook POST after which the same message may go out another way
+    /// (the robot send APIs): the session is gone (300001), or DingTalk surely did not take
+    /// the message and retrying gave up (connection refused, 5xx, busy). Never after a
+    /// failure that may hide a delivered message (a timeout, an unreadable 2xx answer), and
+    /// never after "send too fast" (130101), which the group's silence answers.
+    pub fn allows_fallback(&self) -> bool {
+        match self.kind() {
+            ErrorKind::SessionGone => true,
+            ErrorKind::SendTooFast => false,
+            _ => self.surely_not_delivered(),
         }
     }
 
@@ -178,18 +239,22 @@ impl ApiError {
         match self {
             ApiError::Transport { timeout: true, .. } => ErrorKind::Slow,
             ApiError::Transport { .. } | ApiError::BadBody { .. } => ErrorKind::Unavailable,
+            ApiError::InvalidInput { .. } => ErrorKind::InvalidInput,
+            ApiError::NotSent { list, .. } if *list == FLOW_CONTROLLED => ErrorKind::SendTooFast,
+            ApiError::NotSent { .. } => ErrorKind::Other,
             ApiError::DingTalk {
                 endpoint, errcode, ..
             } => match (*endpoint, *errcode) {
-                ("gettoken", c) if c != -1 => ErrorKind::TokenFailed,
+                (Endpoint::GetToken, c) if c != -1 => ErrorKind::TokenFailed,
                 (_, 43007 | 88) => ErrorKind::NoPermission,
                 (_, 40016) => ErrorKind::BadChatid,
                 (_, 49000) => ErrorKind::MissingChatid,
                 (_, 40001 | 40014 | 42001) => ErrorKind::BadToken,
                 (_, 70001) => ErrorKind::CorpMissing,
-                ("scenegroup/get", 400020 | 40035) => ErrorKind::NotSceneGroup,
-                ("user/get", 60121 | 60003) => ErrorKind::UnknownUser,
+                (Endpoint::SceneGroupGet, 400020 | 40035) => ErrorKind::NotSceneGroup,
+                (Endpoint::UserGet, 60121 | 60003) => ErrorKind::UnknownUser,
                 (_, 130101) => ErrorKind::SendTooFast,
+                (Endpoint::SendBySession, 300001) => ErrorKind::SessionGone,
                 (_, c) if TRANSIENT_ERRCODES.contains(&c) => ErrorKind::Busy,
                 _ => ErrorKind::Other,
             },
@@ -203,11 +268,14 @@ impl ApiError {
                     ErrorKind::NoPermission
                 } else if self.is_invalid_token() {
                     ErrorKind::BadToken
-                } else if *endpoint == "gettoken" {
+                } else if *endpoint == Endpoint::GetToken {
                     ErrorKind::TokenFailed
+                } else if endpoint.sends_message() && code == "130101" {
+                    ErrorKind::SendTooFast
                 } else if *status >= 500 || *status == 429 || code.contains("Throttling") {
                     ErrorKind::Busy
-                } else if *endpoint == "convertToOpenConversationId" && matches!(status, 400 | 404)
+                } else if *endpoint == Endpoint::ConvertToOpenConversationId
+                    && matches!(status, 400 | 404)
                 {
                     ErrorKind::BadChatid
                 } else {
@@ -235,7 +303,8 @@ impl ApiError {
     /// The permission this endpoint is documented to need.
     pub fn documented_scope(&self) -> &'static str {
         match self.endpoint() {
-            "user/get" => "qyapi_get_member",
+            Endpoint::UserGet => "qyapi_get_member",
+            Endpoint::RobotGroupSend | Endpoint::RobotOtoSend => ROBOT_SEND_SCOPE,
             _ => "qyapi_chat_read",
         }
     }
@@ -266,7 +335,7 @@ impl ApiError {
     /// `user/get` answered without a name: treated as DingTalk's "no such user" (60121).
     pub fn unknown_user() -> ApiError {
         ApiError::DingTalk {
-            endpoint: "user/get",
+            endpoint: Endpoint::UserGet,
             errcode: 60121,
             errmsg: String::new(),
             sub_code: None,
@@ -275,7 +344,7 @@ impl ApiError {
 
     /// Whether the failed call was the access-token fetch itself.
     pub fn is_token_call(&self) -> bool {
-        self.endpoint() == "gettoken"
+        self.endpoint() == Endpoint::GetToken
     }
 
     /// A short stable label for metrics: the errcode, the HTTP code, or the failure kind.
@@ -284,6 +353,8 @@ impl ApiError {
             ApiError::Transport { timeout: true, .. } => "timeout".into(),
             ApiError::Transport { .. } => "transport".into(),
             ApiError::BadBody { .. } => "bad_body".into(),
+            ApiError::InvalidInput { .. } => "invalid_input".into(),
+            ApiError::NotSent { .. } => "not_sent".into(),
             ApiError::DingTalk { errcode, .. } => errcode.to_string(),
             ApiError::Http { status, .. } => format!("http_{status}"),
         }
@@ -296,7 +367,7 @@ mod tests {
 
     fn dt(errcode: i64, sub: Option<&str>) -> ApiError {
         ApiError::DingTalk {
-            endpoint: "chat/get",
+            endpoint: Endpoint::ChatGet,
             errcode,
             errmsg: String::new(),
             sub_code: sub.map(str::to_string),
@@ -314,5 +385,75 @@ mod tests {
         assert!(dt(88, Some("60011")).is_permission_denied());
         assert!(dt(43007, None).is_permission_denied());
         assert!(!dt(40016, None).is_permission_denied());
+    }
+
+    #[test]
+    fn only_failures_that_surely_did_not_deliver_allow_the_fallback() {
+        let send = |errcode| ApiError::DingTalk {
+            endpoint: Endpoint::SendBySession,
+            errcode,
+            errmsg: String::new(),
+            sub_code: None,
+        };
+        assert_eq!(send(300001).kind(), ErrorKind::SessionGone);
+        assert!(send(300001).allows_fallback());
+        assert!(!send(300001).surely_not_delivered(), "not retried as is");
+        assert!(send(-1).allows_fallback());
+        assert!(!send(130101).allows_fallback());
+        let five = ApiError::Http {
+            endpoint: Endpoint::SendBySession,
+            status: 502,
+            code: String::new(),
+            message: String::new(),
+            required_scopes: Vec::new(),
+        };
+        assert!(five.allows_fallback());
+        let timeout = ApiError::Transport {
+            endpoint: Endpoint::SendBySession,
+            detail: String::new(),
+            timeout: true,
+            connect: false,
+        };
+        assert!(!timeout.allows_fallback());
+        let cut = ApiError::BadBody {
+            endpoint: Endpoint::SendBySession,
+            status: 200,
+        };
+        assert!(!cut.allows_fallback());
+        // 300001 from another API means nothing special.
+        let other = ApiError::DingTalk {
+            endpoint: Endpoint::ChatGet,
+            errcode: 300001,
+            errmsg: String::new(),
+            sub_code: None,
+        };
+        assert_eq!(other.kind(), ErrorKind::Other);
+    }
+
+    #[test]
+    fn robot_send_refusals_are_classified() {
+        let flow = ApiError::NotSent {
+            endpoint: Endpoint::RobotOtoSend,
+            list: FLOW_CONTROLLED,
+        };
+        assert_eq!(flow.kind(), ErrorKind::SendTooFast);
+        assert!(!flow.worth_resending());
+        let forbidden = ApiError::Http {
+            endpoint: Endpoint::RobotGroupSend,
+            status: 403,
+            code: "Forbidden.AccessDenied.AccessTokenPermissionDenied".into(),
+            message: String::new(),
+            required_scopes: Vec::new(),
+        };
+        assert_eq!(forbidden.kind(), ErrorKind::NoPermission);
+        assert_eq!(forbidden.documented_scope(), ROBOT_SEND_SCOPE);
+        let too_fast = ApiError::Http {
+            endpoint: Endpoint::RobotGroupSend,
+            status: 400,
+            code: "130101".into(),
+            message: String::new(),
+            required_scopes: Vec::new(),
+        };
+        assert_eq!(too_fast.kind(), ErrorKind::SendTooFast);
     }
 }

@@ -8,8 +8,10 @@
 //! `sender` drives `reply_http`; neither `client` nor `sender` imports the other.
 
 pub mod client;
+pub mod endpoint;
 pub mod error;
 pub mod inbound;
+pub mod lenient;
 pub mod outbound;
 pub mod reply_http;
 pub mod sender;
@@ -19,6 +21,7 @@ pub mod transport;
 
 pub use crate::config::ReplyClientChoice;
 pub use client::{ChatInfo, DingTalkClient};
+pub use endpoint::Endpoint;
 pub use error::{ApiError, ErrorKind};
 pub use inbound::{Body, Callback, ConversationKind, RobotMessage};
 pub use outbound::{WebhookPolicy, WebhookRefusal};

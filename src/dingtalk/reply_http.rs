@@ -2,7 +2,7 @@
 //!
 //! Replies are the one outbound call made for every answered command, so they skip
 //! reqwest's request pipeline: reqwest re-parses the URL twice per request (redirect policy
-//! and response URL, about 7k instructions each, even with redirects off) and adds its own
+//! and response URL, even with redirects off) and adds its own
 //! layers on top of the hyper client it wraps. [`ReplyHttp::Direct`] drives the same
 //! `hyper-util` pooled client and `hyper-rustls` connector (rustls, platform certificate
 //! verifier) itself: one keep-alive pool, `TCP_NODELAY`, a connect timeout, a total
@@ -15,8 +15,9 @@
 
 use std::time::Duration;
 
+use super::endpoint::Endpoint;
 use super::error::ApiError;
-use super::transport::{self, POOL_IDLE, SEND_BY_SESSION, connect_timeout};
+use super::transport::{self, POOL_IDLE, connect_timeout};
 use crate::config::ReplyClientChoice;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -120,7 +121,7 @@ impl ReplyHttp {
                     .post(uri.to_string())
                     .header(CONTENT_TYPE, "application/json")
                     .body(body.clone());
-                transport::send(SEND_BY_SESSION, req).await
+                transport::send(Endpoint::SendBySession, req).await
             }
         }
     }
@@ -129,7 +130,7 @@ impl ReplyHttp {
 impl DirectClient {
     async fn post_json(&self, uri: &Uri, body: &Bytes) -> Result<(u16, Bytes), ApiError> {
         let failure = |timeout: bool, connect: bool, detail: String| ApiError::Transport {
-            endpoint: SEND_BY_SESSION,
+            endpoint: Endpoint::SendBySession,
             timeout,
             connect,
             detail,
@@ -209,7 +210,7 @@ mod tests {
     fn transport(err: ApiError) -> (bool, bool, String) {
         match err {
             ApiError::Transport {
-                endpoint: SEND_BY_SESSION,
+                endpoint: Endpoint::SendBySession,
                 timeout,
                 connect,
                 detail,

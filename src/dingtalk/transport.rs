@@ -5,12 +5,16 @@
 //! Both [`super::client`] and [`super::sender`] build on this module; neither imports the
 //! other.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use super::endpoint::Endpoint;
 use super::error::ApiError;
 use crate::telemetry;
 
@@ -35,8 +39,23 @@ impl Default for RetryPolicy {
     }
 }
 
-/// The endpoint name of reply POSTs (metrics label, errors).
-pub const SEND_BY_SESSION: &str = "sendBySession";
+/// The token header of the `/v1.0` API host.
+pub const ACS_TOKEN: &str = "x-acs-dingtalk-access-token";
+
+/// `Accept` of the `/v1.0` calls: without it an endpoint may answer XML (Node SDK note).
+pub const JSON: &str = "application/json";
+
+/// A boxed, sendable future (what [`TokenSource`] returns).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where access tokens come from: the API client's cache, shared with the reply sender's
+/// fallback through this trait so that neither imports the other.
+pub trait TokenSource: Send + Sync {
+    /// A valid access token (cached, or fetched one at a time).
+    fn access_token(&self) -> BoxFuture<'_, Result<Arc<str>, ApiError>>;
+    /// Forgets `bad` if it is still the cached token (DingTalk refused it).
+    fn invalidate(&self, bad: &str);
+}
 
 /// Requests to DingTalk on the wire at once unless configured otherwise.
 pub const DEFAULT_PARALLEL_REQUESTS: usize = 32;
@@ -73,7 +92,7 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error>
 /// each time with ±50 % jitter.
 pub async fn with_retries_if<T, F, Fut>(
     policy: &RetryPolicy,
-    endpoint: &'static str,
+    endpoint: Endpoint,
     retryable: fn(&ApiError) -> bool,
     call: F,
 ) -> Result<T, ApiError>
@@ -94,8 +113,8 @@ where
         if !retryable(&err) || attempt >= policy.attempts || out_of_time {
             return Err(err);
         }
-        tracing::debug!(endpoint, attempt, error = %err, "retrying DingTalk call");
-        telemetry::api_retry(endpoint);
+        tracing::debug!(endpoint = endpoint.label(), attempt, error = %err, "retrying DingTalk call");
+        telemetry::api_retry(endpoint.label());
         tokio::time::sleep(jittered).await;
         delay = delay.saturating_mul(2);
         attempt += 1;
@@ -103,14 +122,14 @@ where
 }
 
 /// Counts a finished call (success or failure) and its latency.
-pub fn record<T>(endpoint: &'static str, result: &Result<T, ApiError>, started: Instant) {
+pub fn record<T>(endpoint: Endpoint, result: &Result<T, ApiError>, started: Instant) {
     let failure = result.as_ref().err().map(ApiError::metric_code);
-    telemetry::api_call(endpoint, failure, started.elapsed());
+    telemetry::api_call(endpoint.label(), failure, started.elapsed());
 }
 
 /// Reads a legacy-host answer: HTTP 2xx with `errcode` absent or 0 is success.
 pub fn oapi_answer<T: DeserializeOwned>(
-    endpoint: &'static str,
+    endpoint: Endpoint,
     status: u16,
     body: &[u8],
 ) -> Result<T, ApiError> {
@@ -150,10 +169,55 @@ pub fn oapi_answer<T: DeserializeOwned>(
     serde_json::from_value(value).map_err(|_| ApiError::BadBody { endpoint, status })
 }
 
+/// Reads a new-host (`/v1.0`) answer: 2xx with a JSON body is success; 4xx/5xx carries
+/// `code`, `message` and, for a missing permission, the scopes DingTalk requires.
+pub fn api_answer<T: DeserializeOwned>(
+    endpoint: Endpoint,
+    status: u16,
+    body: &[u8],
+) -> Result<T, ApiError> {
+    if (200..300).contains(&status) {
+        return serde_json::from_slice(body).map_err(|_| ApiError::BadBody { endpoint, status });
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(default, rename_all = "camelCase")]
+    struct Failure {
+        code: String,
+        message: String,
+        #[serde(rename = "accessdenieddetail")]
+        access_denied_detail: Option<Denied>,
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(default, rename_all = "camelCase")]
+    struct Denied {
+        required_scopes: Vec<String>,
+    }
+    match serde_json::from_slice::<Failure>(body) {
+        Ok(f) => Err(ApiError::Http {
+            endpoint,
+            status,
+            code: f.code,
+            message: f.message,
+            required_scopes: f
+                .access_denied_detail
+                .map(|d| d.required_scopes)
+                .unwrap_or_default(),
+        }),
+        Err(_) if status >= 500 => Err(ApiError::BadBody { endpoint, status }),
+        Err(_) => Err(ApiError::Http {
+            endpoint,
+            status,
+            code: String::new(),
+            message: String::new(),
+            required_scopes: Vec::new(),
+        }),
+    }
+}
+
 /// Sends `req` and reads the whole answer: `(status, body)`. Transport errors lose their
 /// URL (it may hold a token or a session).
 pub async fn send(
-    endpoint: &'static str,
+    endpoint: Endpoint,
     req: reqwest::RequestBuilder,
 ) -> Result<(u16, bytes::Bytes), ApiError> {
     let transport = |e: reqwest::Error| ApiError::Transport {

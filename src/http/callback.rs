@@ -2,8 +2,14 @@
 //! [`Callback`] and hands it to the [`Pipeline`](crate::pipeline::Pipeline).
 //!
 //! Order matters and is an invariant: the signature headers are checked before the body
-//! is read; a refused request changes no state; the answer (200) is sent as soon as the
-//! pipeline has admitted the callback, and the reply follows from a tracked task.
+//! is read, and so is whether the pair may carry another message; the body is read under
+//! a total deadline (`server.read_timeout_ms`) *before* the callback may hold an in-flight
+//! slot, so stalled bodies cannot crowd out real callbacks; a refused request changes no
+//! state and its connection is not held (a small body is drained for at most
+//! [`REFUSAL_DRAIN`], else the connection is closed); the answer (200) is sent as soon as
+//! the pipeline has admitted the callback, and the reply follows from a tracked task.
+
+use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderName};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -14,7 +20,7 @@ use super::error::Rejection;
 use super::state::AppState;
 use crate::clock::now_ms;
 use crate::dingtalk::{RobotMessage, Verified};
-use crate::pipeline::{Decision, SignedPair};
+use crate::pipeline::{Decision, Refusal, SignedPair};
 use crate::telemetry::{self, Outcome};
 
 /// The handler.
@@ -63,36 +69,54 @@ pub async fn callback(
                     }
                 }
             }
-            if matches!(
+            let mut response = rejection.response();
+            // The body may be unread (refused from the headers) or half read: drain a small
+            // one briefly to keep the connection, else close it.
+            let keep = !matches!(
                 rejection,
-                Rejection::Signature(_) | Rejection::Refused(crate::pipeline::Refusal::Overloaded)
-            ) {
-                discard_small_body(&req, &mut payload, state.body_limit).await;
+                Rejection::BodyTimeout | Rejection::Refused(Refusal::ShuttingDown)
+            ) && discard_small_body(&req, &mut payload, state.body_limit).await;
+            if !keep {
+                response
+                    .head_mut()
+                    .set_connection_type(actix_web::http::ConnectionType::Close);
             }
-            rejection.response()
+            response
         }
     }
 }
 
-/// Reads and drops an unread body whose declared size is within the limit, so the
-/// connection can be kept alive; larger or undeclared bodies are left unread (actix then
-/// closes the connection).
-async fn discard_small_body(req: &HttpRequest, payload: &mut web::Payload, limit: usize) {
+/// The longest a refused request's body is waited for before its connection is closed.
+pub const REFUSAL_DRAIN: Duration = Duration::from_secs(1);
+
+/// Reads and drops what is left of a body whose declared size is within the limit, for at
+/// most [`REFUSAL_DRAIN`], so the connection can be kept alive. False when the body is
+/// larger, undeclared, broken or late: the connection is then closed.
+async fn discard_small_body(req: &HttpRequest, payload: &mut web::Payload, limit: usize) -> bool {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_none_or(|len| len > limit) {
-        return;
+        return false;
     }
-    let mut seen = 0usize;
-    while let Some(Ok(chunk)) = payload.next().await {
-        seen += chunk.len();
-        if seen > limit {
-            return;
+    let drain = async {
+        let mut seen = 0usize;
+        while let Some(chunk) = payload.next().await {
+            match chunk {
+                Ok(chunk) => seen += chunk.len(),
+                Err(_) => return false,
+            }
+            if seen > limit {
+                return false;
+            }
         }
-    }
+        true
+    };
+    tokio::time::timeout(REFUSAL_DRAIN, drain)
+        .await
+        .unwrap_or(false)
 }
 
 /// DingTalk's signature headers. Looked up by a prebuilt name: a `&str` that is not a
@@ -119,11 +143,19 @@ async fn handle(
     verified: Verified,
 ) -> Result<(HttpResponse, Outcome), Rejection> {
     telemetry::clock_skew(verified.skew_ms);
+    let deadline = tokio::time::Instant::now() + state.read_timeout;
     let pipeline = &state.pipeline;
-    // A slot, held until the reply is sent (bounds memory and outstanding work).
-    let slot = pipeline.slot().await?;
+    // A pair that carried all it may (or signed before an unclean restart) is refused from
+    // the headers alone: nothing is read for it.
+    let signature = single_header(req, &SIGN).map(|sign| SignedPair {
+        timestamp_ms: verified.timestamp_ms,
+        sign,
+    });
+    if let Some(pair) = signature {
+        pipeline.check_pair(pair, now).await?;
+    }
 
-    // Body: declared size, media type, then read with a hard cap.
+    // Body: declared size, media type, then read with a hard cap, within the deadline.
     let limit = state.body_limit;
     if let Some(len) = req
         .headers()
@@ -146,14 +178,20 @@ async fn handle(
             return Err(Rejection::UnsupportedMediaType);
         }
     }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| Rejection::BadJson("body could not be read".into()))?;
-        if body.len() + chunk.len() > limit {
-            return Err(Rejection::TooLarge(limit));
+    let read = async {
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|_| Rejection::BadJson("body could not be read".into()))?;
+            if body.len() + chunk.len() > limit {
+                return Err(Rejection::TooLarge(limit));
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
+        Ok(body)
+    };
+    let body = tokio::time::timeout_at(deadline, read)
+        .await
+        .map_err(|_elapsed| Rejection::BodyTimeout)??;
 
     // Parse and validate.
     let message: RobotMessage = serde_json::from_slice(&body).map_err(|e| {
@@ -173,12 +211,12 @@ async fn handle(
     })?;
     let callback = message.validate().map_err(Rejection::Invalid)?;
 
-    // The pipeline: admit, then respond and deliver in the background.
-    let signature = single_header(req, &SIGN).map(|sign| SignedPair {
-        timestamp_ms: verified.timestamp_ms,
-        sign,
-    });
-    match pipeline.admit(callback, signature, &body, now).await? {
+    // A slot, held until the reply is sent (bounds outstanding work), only now that the
+    // whole body is here.
+    let slot = pipeline.slot().await?;
+    // The pipeline: admit (at the time it happens: the body and the slot took a while),
+    // then respond and deliver in the background.
+    match pipeline.admit(callback, signature, now_ms()).await? {
         Decision::Reply(job) => {
             let outcome = match job.task {
                 crate::bot::Task::Answer => Outcome::Accepted,

@@ -25,6 +25,9 @@ pub enum Rejection {
     /// Content-Type is not JSON.
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
+    /// The body did not arrive within `server.read_timeout_ms`.
+    #[error("the body did not arrive in time")]
+    BodyTimeout,
     /// Body not readable as the JSON we expect.
     #[error("body is not a valid callback: {0}")]
     BadJson(String),
@@ -37,9 +40,11 @@ impl Rejection {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            Rejection::Signature(_) | Rejection::Refused(Refusal::Replayed) => {
+            Rejection::Signature(_)
+            | Rejection::Refused(Refusal::Replayed | Refusal::SignedBeforeRestart) => {
                 StatusCode::UNAUTHORIZED
             }
+            Rejection::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Rejection::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Rejection::BadJson(_)
@@ -57,6 +62,8 @@ impl Rejection {
             Rejection::Signature(SignatureError::Stale { .. }) => "stale_timestamp",
             Rejection::Signature(_) => "bad_signature",
             Rejection::Refused(Refusal::Replayed) => "replayed",
+            Rejection::Refused(Refusal::SignedBeforeRestart) => "signed_before_restart",
+            Rejection::BodyTimeout => "body_timeout",
             Rejection::TooLarge(_) => "too_large",
             Rejection::UnsupportedMediaType => "unsupported_media_type",
             Rejection::BadJson(_) => "bad_json",
@@ -72,7 +79,10 @@ impl Rejection {
         match self {
             Rejection::Signature(SignatureError::Stale { .. }) => Outcome::StaleTimestamp,
             Rejection::Signature(_) => Outcome::BadSignature,
-            Rejection::Refused(Refusal::Replayed) => Outcome::Replayed,
+            Rejection::Refused(Refusal::Replayed | Refusal::SignedBeforeRestart) => {
+                Outcome::Replayed
+            }
+            Rejection::BodyTimeout => Outcome::BadRequest,
             Rejection::TooLarge(_) => Outcome::TooLarge,
             Rejection::UnsupportedMediaType | Rejection::BadJson(_) | Rejection::Invalid(_) => {
                 Outcome::BadRequest
@@ -92,6 +102,10 @@ impl Rejection {
             // Ask a proxy to reconnect: its next attempt reaches a process that is up.
             Rejection::Refused(Refusal::ShuttingDown) => {
                 builder.insert_header(("Retry-After", "1"));
+                builder.force_close();
+            }
+            // The rest of a stalled body is not waited for.
+            Rejection::BodyTimeout => {
                 builder.force_close();
             }
             _ => {}

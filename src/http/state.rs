@@ -20,6 +20,9 @@ pub struct AppState {
     pub client: Arc<DingTalkClient>,
     /// `server.body_limit_bytes`.
     pub body_limit: usize,
+    /// `server.read_timeout_ms`: the whole body of a verified callback must arrive within
+    /// it, counted from the end of its head.
+    pub read_timeout: Duration,
     /// Last failed readiness check, reused for a while so probes do not hammer DingTalk.
     readiness_failure: std::sync::Mutex<Option<(Instant, String)>>,
     /// Source of request ids for logs.
@@ -38,12 +41,14 @@ impl AppState {
         pipeline: Arc<Pipeline>,
         client: Arc<DingTalkClient>,
         body_limit: usize,
+        read_timeout: Duration,
     ) -> AppState {
         AppState {
             verifier,
             pipeline,
             client,
             body_limit,
+            read_timeout,
             readiness_failure: std::sync::Mutex::new(None),
             request_ids: AtomicU64::new(0),
             extra_readiness: None,

@@ -3,10 +3,14 @@
 //! A door (the HTTP callback route today) turns the wire into a verified [`Callback`] and
 //! then calls, in order:
 //!
-//! 1. [`Pipeline::slot`] — one of `server.max_in_flight` slots, held until the reply is out
-//!    (bounds memory and outstanding work; waits up to `server.queue_wait_ms`);
-//! 2. [`Pipeline::admit`] — *admit*: the sessionWebhook allow-list, then replay defence,
-//!    msgId dedupe and the group budget in [`AdmissionState`] → a [`Decision`] or a
+//! 0. [`Pipeline::check_pair`] — for doors with a signature pair, from the headers alone and
+//!    before the body is read: a pair that carried all the messages it may, or one signed
+//!    before an unclean restart, is refused at once;
+//! 1. [`Pipeline::slot`] — one of `server.max_in_flight` slots, taken once the body is read
+//!    and parsed, held until the reply is out (bounds outstanding work; waits up to
+//!    `server.queue_wait_ms`);
+//! 2. [`Pipeline::admit`] — *admit*: the sessionWebhook allow-list, then msgId dedupe,
+//!    replay defence and the group budget in [`AdmissionState`] → a [`Decision`] or a
 //!    [`Refusal`];
 //! 3. [`Pipeline::dispatch`] — *respond* ([`Bot::respond`]: the finished message, mention
 //!    and slow-down notice included) and *deliver* ([`ReplySender::deliver`] →
@@ -27,10 +31,12 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use admission::{
-    AdmissionState, MemoryAdmission, MemoryOptions, Remembered, SignedPair, Ticket, Verdict,
+    AdmissionState, MemoryAdmission, MemoryOptions, PairCheck, Remembered, Restored, STATE_FILE,
+    SignedPair, Ticket, Verdict,
 };
 
 use crate::bot::{Bot, Task};
+use crate::dingtalk::sender::ReplyTarget;
 use crate::dingtalk::{Callback, Delivery, ReplySender, WebhookPolicy, WebhookRefusal};
 use crate::telemetry;
 
@@ -40,10 +46,13 @@ pub enum Refusal {
     /// The sessionWebhook is not one replies may go to.
     #[error("{0}")]
     Webhook(WebhookRefusal),
-    /// The signature pair already carried other messages.
-    #[error("this signature was already used for another message")]
+    /// The signature pair already carried as many messages as it may.
+    #[error("this signature was already used for other messages")]
     Replayed,
-    /// No slot within the queue wait, or admission memory full: try again.
+    /// Signed before an unclean restart, whose replay record was lost.
+    #[error("signed before dingbot restarted without saving its replay record; sign anew")]
+    SignedBeforeRestart,
+    /// No slot within the queue wait, or admission state unavailable: try again.
     #[error("too many callbacks in flight; try again")]
     Overloaded,
     /// Shutting down: the callbacks already taken are being finished.
@@ -72,6 +81,9 @@ pub struct Job {
     pub callback: Callback,
     /// Its checked sessionWebhook.
     pub webhook: Uri,
+    /// Whether the sessionWebhook had expired at admission (admitted only when replies
+    /// fall back to the robot send APIs, which then carry the reply).
+    pub webhook_expired: bool,
     /// The answer or the slow-down notice.
     pub task: Task,
 }
@@ -154,6 +166,16 @@ impl Pipeline {
         }
     }
 
+    /// From the headers alone, before the body is read: may `pair` carry a (further)
+    /// message? Nothing is recorded.
+    pub async fn check_pair(&self, pair: SignedPair<'_>, now_ms: i64) -> Result<(), Refusal> {
+        match self.admission.check_pair(pair, now_ms).await {
+            PairCheck::Open => Ok(()),
+            PairCheck::Spent => Err(Refusal::Replayed),
+            PairCheck::SignedBeforeRestart => Err(Refusal::SignedBeforeRestart),
+        }
+    }
+
     /// An in-flight slot: at once when one is free, else after waiting up to
     /// `server.queue_wait_ms` (first come, first served); refused while shutting down.
     pub async fn slot(&self) -> Result<Slot, Refusal> {
@@ -181,27 +203,35 @@ impl Pipeline {
 
     /// Stage 1, *admit*: where the reply would go, then replay defence, dedupe and budget.
     /// A refused callback leaves nothing recorded. `signature` is the door's verified pair
-    /// (None for doors without one); `body` the exact bytes received.
+    /// (None for doors without one).
     pub async fn admit(
         &self,
         callback: Callback,
         signature: Option<SignedPair<'_>>,
-        body: &[u8],
         now_ms: i64,
     ) -> Result<Decision, Refusal> {
-        let webhook = self
-            .webhooks
-            .check(
-                &callback.session_webhook,
-                callback.session_webhook_expired_time,
-                now_ms,
-            )
-            .map_err(Refusal::Webhook)?;
+        // An expired sessionWebhook is still answered when the robot send APIs can carry
+        // the reply; its origin and path must pass all the same.
+        let (webhook, webhook_expired) = match self.webhooks.check(
+            &callback.session_webhook,
+            callback.session_webhook_expired_time,
+            now_ms,
+        ) {
+            Ok(webhook) => (webhook, false),
+            Err(WebhookRefusal::Expired) if self.sender.falls_back() => {
+                let webhook = self
+                    .webhooks
+                    .check(&callback.session_webhook, None, now_ms)
+                    .map_err(Refusal::Webhook)?;
+                tracing::info!("sessionWebhook expired; the reply goes through the robot send API");
+                (webhook, true)
+            }
+            Err(refusal) => return Err(Refusal::Webhook(refusal)),
+        };
         let ticket = Ticket {
             msg_id: &callback.msg_id,
             group: &callback.conversation_id,
             signature,
-            body,
         };
         let task = match self.admission.admit(&ticket, now_ms).await {
             Verdict::Answer => Task::Answer,
@@ -218,11 +248,13 @@ impl Pipeline {
                 return Ok(Decision::Duplicate);
             }
             Verdict::Replayed => return Err(Refusal::Replayed),
+            Verdict::SignedBeforeRestart => return Err(Refusal::SignedBeforeRestart),
             Verdict::Full => return Err(Refusal::Overloaded),
         };
         Ok(Decision::Reply(Job {
             callback,
             webhook,
+            webhook_expired,
             task,
         }))
     }
@@ -246,12 +278,21 @@ impl Pipeline {
         let Job {
             callback,
             webhook,
+            webhook_expired,
             task,
         } = job;
         // Boxed where they are made: the task then stays a few hundred bytes instead of
         // tens of kilobytes copied at every spawn.
         let message = Box::pin(self.bot.respond(&callback, task)).await;
-        let delivery = Box::pin(self.sender.deliver(&webhook, &message)).await;
+        let target = ReplyTarget {
+            webhook: &webhook,
+            webhook_expired,
+            kind: callback.kind,
+            open_conversation_id: &callback.conversation_id,
+            sender_staff_id: callback.sender_staff_id.as_deref(),
+            robot_code: callback.robot_code.as_deref(),
+        };
+        let delivery = Box::pin(self.sender.deliver(&target, &message)).await;
         match &delivery {
             Delivery::Sent => {
                 telemetry::reply("sent");
@@ -338,6 +379,17 @@ impl Pipeline {
         // Waiters for a slot are refused at once from here on.
         self.slots.free.close();
         drained
+    }
+
+    /// Keeps admission state for the next start (after the last admission).
+    pub async fn persist(&self) {
+        match self.admission.persist().await {
+            Ok(()) => tracing::info!("replay and dedupe records saved"),
+            Err(e) => tracing::error!(
+                error = %e,
+                "replay and dedupe records not saved: the next start treats this as an unclean stop"
+            ),
+        }
     }
 
     /// Stops accepting reply tasks (after the drain).

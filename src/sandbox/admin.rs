@@ -1,7 +1,8 @@
 //! `/_sandbox/*`: control and inspection over HTTP, for scripts that run the sandbox
 //! as a separate process (benchmarks, manual demos).
 //!
-//! - `GET /_sandbox/messages[?session=…]` → `[{"session","body"}, …]`
+//! - `GET /_sandbox/messages[?session=…]` → `[{"session","via","to","body"}, …]` (`via`:
+//!   `send_by_session`, `robot_group_send` or `robot_oto_send`)
 //! - `GET /_sandbox/stats` → `{"<endpoint name>": calls, …, "messages": total}`
 //! - `POST /_sandbox/faults` `{"endpoint":"chat_get","fault":{…},"times":3}` where the
 //!   fault is one of `{"errcode":-1,"errmsg":"系统繁忙"[,"sub_code":"…"]}`,
@@ -104,7 +105,7 @@ async fn messages(state: web::Data<State>, req: HttpRequest) -> HttpResponse {
     let list: Vec<Value> = state
         .messages(session.as_deref())
         .into_iter()
-        .map(|m| json!({ "session": m.session, "body": m.body }))
+        .map(|m| json!({ "session": m.session, "via": m.via.name(), "to": m.to, "body": m.body }))
         .collect();
     HttpResponse::Ok().json(list)
 }

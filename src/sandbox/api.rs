@@ -197,15 +197,52 @@ fn body_field(body: &[u8], field: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The scene-group flags: `"0"`/`"1"` strings (DingTalk's official example and TOP SDK
+/// model) or numbers, as the group says ([`Group::string_flags`]).
 fn management_options(g: &Group) -> Value {
+    let flag = |v: i64| {
+        if g.string_flags {
+            json!(v.to_string())
+        } else {
+            json!(v)
+        }
+    };
     json!({
-        "chat_banned_type": g.chat_banned_type,
-        "validation_type": g.validation_type,
-        "mention_all_authority": g.mention_all_authority,
-        "management_type": g.management_type,
-        "searchable": g.searchable,
-        "show_history_type": g.show_history_type,
+        "chat_banned_type": flag(g.chat_banned_type),
+        "validation_type": flag(g.validation_type),
+        "mention_all_authority": flag(g.mention_all_authority),
+        "management_type": flag(g.management_type),
+        "searchable": flag(g.searchable),
+        "show_history_type": flag(g.show_history_type),
     })
+}
+
+/// The `/v1.0` endpoints answer JSON only to a request that asks for it: the Node SDK
+/// notes that one of them answers XML without `Accept: application/json`, and the sandbox
+/// holds every `/v1.0` caller to that (stricter than DingTalk is known to be).
+fn wants_json(req: &HttpRequest) -> bool {
+    req.headers()
+        .get_all(actix_web::http::header::ACCEPT)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        })
+}
+
+/// The answer to a `/v1.0` request without `Accept: application/json`.
+fn xml_answer() -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/xml;charset=UTF-8"),
+        ))
+        .body(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><code>NotAcceptable</code>\
+             <message>no Accept: application/json</message></Response>\n",
+        )
 }
 
 fn template_id(g: &Group) -> String {
@@ -257,7 +294,7 @@ pub(crate) async fn chat_get(state: web::Data<State>, req: HttpRequest) -> HttpR
         if g.access != Access::Full {
             return oapi_error(43007, "没有调用权限");
         }
-        Reply::ok(&json!({
+        let mut answer = json!({
             "errcode": 0,
             "errmsg": "ok",
             "chat_info": {
@@ -275,7 +312,13 @@ pub(crate) async fn chat_get(state: web::Data<State>, req: HttpRequest) -> HttpR
                 "managementType": g.management_type,
                 "status": g.status,
             },
-        }))
+        });
+        // External members (the TOP SDK's `extidlist`); left out when there are none, as
+        // in the documented example.
+        if !g.ext_members.is_empty() {
+            answer["chat_info"]["extidlist"] = json!(g.ext_members);
+        }
+        Reply::ok(&answer)
     })
     .await
 }
@@ -283,10 +326,24 @@ pub(crate) async fn chat_get(state: web::Data<State>, req: HttpRequest) -> HttpR
 pub(crate) async fn convert_to_open_conversation_id(
     state: web::Data<State>,
     req: HttpRequest,
+    body: Bytes,
 ) -> HttpResponse {
+    if !wants_json(&req) {
+        state.count(Endpoint::ConvertToOpenConversationId);
+        return xml_answer();
+    }
     serve(&state, Endpoint::ConvertToOpenConversationId, || {
         if !state.token_valid(header_token(&req)) {
             return api_bad_token();
+        }
+        // The official SDK sends this call without a body; the sandbox refuses one, so a
+        // client that sends `{}` shows.
+        if !body.is_empty() {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                "InvalidParameter.Body",
+                "该接口不接受请求体",
+            );
         }
         let chatid = req.match_info().get("chatid").unwrap_or_default();
         let Some(g) = state.group_by_chatid(chatid) else {
@@ -346,6 +403,9 @@ pub(crate) async fn send_by_session(
         let Some(session) = query_param(&req, "session").filter(|s| !s.is_empty()) else {
             return oapi_error(300001, "session 不存在");
         };
+        if state.session_ended(&session) {
+            return oapi_error(300001, "session 不存在");
+        }
         let Ok(body) = serde_json::from_slice::<Value>(&body) else {
             return oapi_error(40035, "缺少参数 json");
         };
@@ -356,7 +416,9 @@ pub(crate) async fn send_by_session(
             return oapi_error(40035, &format!("缺少参数 {part}"));
         }
         state.record(SentMessage {
+            to: session.clone(),
             session,
+            via: Endpoint::SendBySession,
             body,
             at: std::time::Instant::now(),
         });
@@ -390,7 +452,7 @@ pub(crate) async fn scene_group_get(
         let Some(g) = group.filter(|g| g.scene_group) else {
             return oapi_error(400020, "无访问权限");
         };
-        Reply::ok(&json!({
+        let mut answer = json!({
             "errcode": 0,
             "errmsg": "ok",
             "success": true,
@@ -404,7 +466,11 @@ pub(crate) async fn scene_group_get(
                 "group_url": group_url(&g),
                 "management_options": management_options(&g),
             },
-        }))
+        });
+        if g.reports_member_amount {
+            answer["result"]["member_amount"] = json!(g.member_count());
+        }
+        Reply::ok(&answer)
     })
     .await
 }
@@ -414,6 +480,10 @@ pub(crate) async fn scene_group_query_detail(
     req: HttpRequest,
     body: Bytes,
 ) -> HttpResponse {
+    if !wants_json(&req) {
+        state.count(Endpoint::SceneGroupQueryDetail);
+        return xml_answer();
+    }
     serve(&state, Endpoint::SceneGroupQueryDetail, || {
         if !state.token_valid(header_token(&req)) {
             return api_bad_token();
@@ -438,7 +508,7 @@ pub(crate) async fn scene_group_query_detail(
         Reply::ok(&json!({
             "owner_user_id": g.owner,
             "title": g.name,
-            "member_amount": g.members.len(),
+            "member_amount": g.member_count(),
             "status": g.status,
             "icon": DEMO_ICON,
             "template_id": template_id(&g),
@@ -455,6 +525,10 @@ pub(crate) async fn group_base_infos(
     req: HttpRequest,
     body: Bytes,
 ) -> HttpResponse {
+    if !wants_json(&req) {
+        state.count(Endpoint::GroupBaseInfos);
+        return xml_answer();
+    }
     serve(&state, Endpoint::GroupBaseInfos, || {
         if !state.token_valid(header_token(&req)) {
             return api_bad_token();
@@ -477,7 +551,7 @@ pub(crate) async fn group_base_infos(
             "result": {
                 "openConversationId": g.open_conversation_id,
                 "title": g.name,
-                "memberCount": g.members.len(),
+                "memberCount": g.member_count(),
                 "icon": DEMO_ICON,
                 "tag": "2",
             },
@@ -505,6 +579,170 @@ pub(crate) async fn user_get(
             "errcode": 0,
             "errmsg": "ok",
             "result": { "userid": user.userid, "name": user.name },
+        }))
+    })
+    .await
+}
+
+/// Longest `msgParam` the robot send APIs take, in bytes.
+const MAX_MSG_PARAM: usize = 15_000;
+
+/// The answer of a robot send API to an app without `qyapi_robot_sendmsg`.
+fn api_robot_forbidden() -> Reply {
+    Reply::json(
+        StatusCode::FORBIDDEN,
+        &json!({
+            "code": "Forbidden.AccessDenied.AccessTokenPermissionDenied",
+            "requestid": request_id(),
+            "message": "没有调用该接口的权限",
+            "accessdenieddetail": { "requiredScopes": ["qyapi_robot_sendmsg"] },
+        }),
+    )
+}
+
+fn invalid_parameter(name: &str, message: &str) -> Reply {
+    api_error(
+        StatusCode::BAD_REQUEST,
+        &format!("invalidParameter.{name}"),
+        message,
+    )
+}
+
+/// The checks both robot send APIs make, in the order the gateway makes them: token,
+/// permission, then the body's `robotCode`, `msgKey` and `msgParam`. Returns the body.
+fn robot_send_request(state: &State, req: &HttpRequest, body: &[u8]) -> Result<Value, Reply> {
+    if !state.token_valid(header_token(req)) {
+        return Err(api_bad_token());
+    }
+    if state.robot_send_denied() {
+        return Err(api_robot_forbidden());
+    }
+    let body: Value = serde_json::from_slice(body)
+        .ok()
+        .filter(Value::is_object)
+        .ok_or_else(|| api_missing("body"))?;
+    let text = |k: &str| {
+        body.get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    match text("robotCode") {
+        None => return Err(api_missing("robotCode")),
+        // An internal app's robot has the app's AppKey as its code.
+        Some(code) if code != state.app_key => {
+            return Err(invalid_parameter("robotCode", "robot 不存在"));
+        }
+        Some(_) => {}
+    }
+    let required = match text("msgKey") {
+        None => return Err(api_missing("msgKey")),
+        Some("sampleMarkdown") => &["title", "text"][..],
+        Some("sampleText") => &["content"][..],
+        Some(_) => return Err(invalid_parameter("msgKey", "不支持的消息模板")),
+    };
+    let Some(param) = text("msgParam") else {
+        return Err(api_missing("msgParam"));
+    };
+    if param.len() > MAX_MSG_PARAM {
+        return Err(invalid_parameter("msgParam", "msgParam 超过 15000 字节"));
+    }
+    let param: Value = serde_json::from_str(param)
+        .map_err(|_| invalid_parameter("msgParam", "msgParam 不是 JSON"))?;
+    if required
+        .iter()
+        .any(|k| param.get(k).and_then(Value::as_str).is_none())
+    {
+        return Err(invalid_parameter("msgParam", "msgParam 缺少字段"));
+    }
+    Ok(body)
+}
+
+fn process_query_key() -> String {
+    format!("sandbox-pqk-{:016x}", rand::random::<u64>())
+}
+
+pub(crate) async fn robot_group_send(
+    state: web::Data<State>,
+    req: HttpRequest,
+    body: Bytes,
+) -> HttpResponse {
+    if !wants_json(&req) {
+        state.count(Endpoint::RobotGroupSend);
+        return xml_answer();
+    }
+    serve(&state, Endpoint::RobotGroupSend, || {
+        let body = match robot_send_request(&state, &req, &body) {
+            Ok(body) => body,
+            Err(reply) => return reply,
+        };
+        let Some(cid) = body
+            .get("openConversationId")
+            .and_then(Value::as_str)
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned)
+        else {
+            return api_missing("openConversationId");
+        };
+        if state.group(&cid).is_none() {
+            return invalid_parameter("openConversationId", "无效的openConversationId");
+        }
+        state.record(SentMessage {
+            session: String::new(),
+            via: Endpoint::RobotGroupSend,
+            to: cid,
+            body,
+            at: std::time::Instant::now(),
+        });
+        Reply::ok(&json!({ "processQueryKey": process_query_key() }))
+    })
+    .await
+}
+
+pub(crate) async fn robot_oto_send(
+    state: web::Data<State>,
+    req: HttpRequest,
+    body: Bytes,
+) -> HttpResponse {
+    if !wants_json(&req) {
+        state.count(Endpoint::RobotOtoSend);
+        return xml_answer();
+    }
+    serve(&state, Endpoint::RobotOtoSend, || {
+        let body = match robot_send_request(&state, &req, &body) {
+            Ok(body) => body,
+            Err(reply) => return reply,
+        };
+        let ids: Vec<String> = body
+            .get("userIds")
+            .and_then(Value::as_array)
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if ids.is_empty() {
+            return api_missing("userIds");
+        }
+        let (known, invalid): (Vec<String>, Vec<String>) =
+            ids.into_iter().partition(|id| state.user(id).is_some());
+        let (limited, known): (Vec<String>, Vec<String>) =
+            known.into_iter().partition(|id| state.flow_controlled(id));
+        if !known.is_empty() {
+            state.record(SentMessage {
+                session: String::new(),
+                via: Endpoint::RobotOtoSend,
+                to: known.join(","),
+                body,
+                at: std::time::Instant::now(),
+            });
+        }
+        Reply::ok(&json!({
+            "processQueryKey": process_query_key(),
+            "invalidStaffIdList": invalid,
+            "flowControlledStaffIdList": limited,
+            "filteredStaffIdList": [],
         }))
     })
     .await
@@ -540,5 +778,13 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
             "/v1.0/im/groups/baseInfos/query",
             web::post().to(group_base_infos),
         )
-        .route("/topapi/v2/user/get", web::post().to(user_get));
+        .route("/topapi/v2/user/get", web::post().to(user_get))
+        .route(
+            "/v1.0/robot/groupMessages/send",
+            web::post().to(robot_group_send),
+        )
+        .route(
+            "/v1.0/robot/oToMessages/batchSend",
+            web::post().to(robot_oto_send),
+        );
 }

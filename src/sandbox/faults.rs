@@ -3,107 +3,11 @@
 //! Faults are queued per endpoint and consumed first-in first-out, one per request.
 
 use std::collections::VecDeque;
-use std::fmt;
-use std::str::FromStr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// One fake DingTalk API.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Endpoint {
-    /// `GET /gettoken`
-    GetToken,
-    /// `GET /chat/get`
-    ChatGet,
-    /// `POST /v1.0/im/chat/{chatid}/convertToOpenConversationId`
-    ConvertToOpenConversationId,
-    /// `POST /robot/sendBySession`
-    SendBySession,
-    /// `POST /topapi/im/chat/scenegroup/get`
-    SceneGroupGet,
-    /// `POST /v1.0/im/sceneGroups/queryDetail`
-    SceneGroupQueryDetail,
-    /// `POST /v1.0/im/groups/baseInfos/query`
-    GroupBaseInfos,
-    /// `POST /topapi/v2/user/get`
-    UserGet,
-}
-
-impl Endpoint {
-    /// Every endpoint, in a fixed order.
-    pub const ALL: [Endpoint; 8] = [
-        Endpoint::GetToken,
-        Endpoint::ChatGet,
-        Endpoint::ConvertToOpenConversationId,
-        Endpoint::SendBySession,
-        Endpoint::SceneGroupGet,
-        Endpoint::SceneGroupQueryDetail,
-        Endpoint::GroupBaseInfos,
-        Endpoint::UserGet,
-    ];
-
-    /// Position in [`Endpoint::ALL`]; used to index per-endpoint tables.
-    pub(crate) fn index(self) -> usize {
-        match self {
-            Endpoint::GetToken => 0,
-            Endpoint::ChatGet => 1,
-            Endpoint::ConvertToOpenConversationId => 2,
-            Endpoint::SendBySession => 3,
-            Endpoint::SceneGroupGet => 4,
-            Endpoint::SceneGroupQueryDetail => 5,
-            Endpoint::GroupBaseInfos => 6,
-            Endpoint::UserGet => 7,
-        }
-    }
-
-    /// The snake_case name used by the admin API (`/_sandbox/stats`, `/_sandbox/faults`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Endpoint::GetToken => "gettoken",
-            Endpoint::ChatGet => "chat_get",
-            Endpoint::ConvertToOpenConversationId => "convert_to_open_conversation_id",
-            Endpoint::SendBySession => "send_by_session",
-            Endpoint::SceneGroupGet => "scene_group_get",
-            Endpoint::SceneGroupQueryDetail => "scene_group_query_detail",
-            Endpoint::GroupBaseInfos => "group_base_infos",
-            Endpoint::UserGet => "user_get",
-        }
-    }
-
-    /// Whether this endpoint lives on the new `api.dingtalk.com` host, which reports
-    /// errors with HTTP status codes and `{"code","message"}` bodies instead of `errcode`.
-    pub fn is_openapi(self) -> bool {
-        matches!(
-            self,
-            Endpoint::ConvertToOpenConversationId
-                | Endpoint::SceneGroupQueryDetail
-                | Endpoint::GroupBaseInfos
-        )
-    }
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Returned when an admin request names an endpoint that does not exist.
-#[derive(Debug, thiserror::Error)]
-#[error("unknown sandbox endpoint {0:?}")]
-pub struct UnknownEndpoint(pub String);
-
-impl FromStr for Endpoint {
-    type Err = UnknownEndpoint;
-
-    fn from_str(s: &str) -> Result<Endpoint, UnknownEndpoint> {
-        Endpoint::ALL
-            .into_iter()
-            .find(|ep| ep.name() == s)
-            .ok_or_else(|| UnknownEndpoint(s.to_owned()))
-    }
-}
+pub use crate::dingtalk::endpoint::{Endpoint, UnknownEndpoint};
 
 /// A misbehaviour an endpoint answers with instead of (or on top of) its normal answer.
 #[derive(Clone, Debug)]
@@ -131,7 +35,15 @@ pub enum Fault {
     Delay(Duration),
 }
 
+/// The legacy host's "no permission for this call" errcode.
+pub const NO_PERMISSION_ERRCODE: i64 = 43007;
+
 impl Fault {
+    /// The legacy host refusing a call for a missing permission (errcode 43007).
+    pub fn no_permission() -> Fault {
+        Fault::errcode(NO_PERMISSION_ERRCODE, "没有调用权限")
+    }
+
     /// Shorthand for an [`Fault::ErrCode`] without `sub_code`.
     pub fn errcode(errcode: i64, errmsg: impl Into<String>) -> Fault {
         Fault::ErrCode {

@@ -4,7 +4,9 @@
 //! in-memory org ([`Org`]: app credentials, groups, users), an actix-web server on
 //! 127.0.0.1 that answers the oapi and api.dingtalk.com endpoints dingbot uses in
 //! DingTalk's exact JSON shapes, a sink recording every message sent to the
-//! session webhook, per-endpoint call counters, and injectable faults
+//! session webhook or through the robot send APIs, sessions that can be ended (their
+//! webhook then answers 300001), the robot send permission (`qyapi_robot_sendmsg`) that
+//! can be taken away, per-endpoint call counters, and injectable faults
 //! ([`Fault`]: error codes, HTTP errors, HTML, truncated or garbage bodies, delays).
 //!
 //! The same base URL ([`Sandbox::base_url`]) serves as both the oapi and the
@@ -33,7 +35,7 @@ use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpServer, web};
 use tokio::sync::watch;
 
-pub use faults::{Endpoint, Fault, UnknownEndpoint};
+pub use faults::{Endpoint, Fault, NO_PERMISSION_ERRCODE, UnknownEndpoint};
 pub use gateway::{Ack, ConnectionInfo, Gateway, bot_frame, robot_payload};
 pub use org::{Access, Group, Org, User};
 pub use state::{MESSAGE_CAPACITY, SentMessage};
@@ -161,8 +163,8 @@ impl Sandbox {
         format!("{}/robot/sendBySession?session={encoded}", self.base_url())
     }
 
-    /// Every message received on `sendBySession` (at most [`MESSAGE_CAPACITY`], oldest
-    /// first).
+    /// Every message received on `sendBySession` and the robot send APIs (at most
+    /// [`MESSAGE_CAPACITY`], oldest first).
     pub fn messages(&self) -> Vec<SentMessage> {
         self.inner.state.messages(None)
     }
@@ -213,6 +215,33 @@ impl Sandbox {
     /// already queued for `ep`. `u32::MAX` keeps the fault until [`Sandbox::clear_faults`].
     pub fn inject(&self, ep: Endpoint, fault: Fault, times: u32) {
         self.inner.state.faults.inject(ep, fault, times);
+    }
+
+    /// Ends `session`: its webhook answers `300001 session 不存在` from now on, as
+    /// DingTalk's does once a session expired.
+    pub fn end_session(&self, session: &str) {
+        self.inner.state.end_session(session);
+    }
+
+    /// Takes the `qyapi_robot_sendmsg` permission from the app (`false`) or gives it back:
+    /// without it the robot send APIs answer HTTP 403 naming the permission.
+    pub fn set_robot_send_permission(&self, granted: bool) {
+        self.inner.state.set_robot_send_denied(!granted);
+    }
+
+    /// Puts `userid` under flow control: `oToMessages/batchSend` lists it in
+    /// `flowControlledStaffIdList` and sends it nothing.
+    pub fn flow_control(&self, userid: &str) {
+        self.inner.state.flow_control(userid);
+    }
+
+    /// The messages received through one API (e.g. `Endpoint::RobotGroupSend`), oldest
+    /// first.
+    pub fn messages_via(&self, via: Endpoint) -> Vec<SentMessage> {
+        self.messages()
+            .into_iter()
+            .filter(|m| m.via == via)
+            .collect()
     }
 
     /// Drops every queued fault.

@@ -36,8 +36,11 @@ pub struct Group {
     pub name: String,
     /// Userid of the owner.
     pub owner: String,
-    /// Userids of all members; the member count is its length.
+    /// Userids of the staff members.
     pub members: Vec<String>,
+    /// External members (外部联系人), served as `chat/get`'s `extidlist`; the member count
+    /// is both lists together.
+    pub ext_members: Vec<String>,
     /// 0 = anyone may speak, 1 = everyone muted.
     pub chat_banned_type: i64,
     /// 1 = the group can be found by search.
@@ -54,6 +57,13 @@ pub struct Group {
     pub status: i64,
     /// Whether the scene-group APIs answer for this group (it uses a template of this app).
     pub scene_group: bool,
+    /// Whether the scene-group APIs send the six flags as `"0"`/`"1"` strings, as DingTalk's
+    /// official example and TOP SDK model do (true for scene groups unless
+    /// [`Group::with_integer_flags`]), or as numbers, as some other sources show.
+    pub string_flags: bool,
+    /// Whether `scenegroup/get` includes `member_amount` (the official example does; the
+    /// SDK's field list does not name it, so groups vary).
+    pub reports_member_amount: bool,
     /// What the app is allowed to read about this group.
     pub access: Access,
 }
@@ -103,6 +113,7 @@ impl Group {
             name: name.into(),
             owner: owner.into(),
             members,
+            ext_members: Vec::new(),
             chat_banned_type: 0,
             searchable: 0,
             validation_type: 0,
@@ -111,8 +122,36 @@ impl Group {
             show_history_type: 0,
             status: 1,
             scene_group: false,
+            string_flags: false,
+            reports_member_amount: true,
             access: Access::Full,
         }
+    }
+
+    /// Members of the group: staff and external.
+    pub fn member_count(&self) -> usize {
+        self.members.len() + self.ext_members.len()
+    }
+
+    /// Adds external members (`extidlist`).
+    #[must_use]
+    pub fn with_ext_members(mut self, ext: Vec<String>) -> Group {
+        self.ext_members = ext;
+        self
+    }
+
+    /// The scene-group APIs send this group's flags as numbers instead of strings.
+    #[must_use]
+    pub fn with_integer_flags(mut self) -> Group {
+        self.string_flags = false;
+        self
+    }
+
+    /// `scenegroup/get` leaves `member_amount` out for this group.
+    #[must_use]
+    pub fn without_member_amount(mut self) -> Group {
+        self.reports_member_amount = false;
+        self
     }
 
     /// Sets the legacy chatid.
@@ -129,10 +168,11 @@ impl Group {
         self
     }
 
-    /// Marks the group as a scene group of this app.
+    /// Marks the group as a scene group of this app (flags served as strings).
     #[must_use]
     pub fn as_scene_group(mut self) -> Group {
         self.scene_group = true;
+        self.string_flags = true;
         self
     }
 
@@ -204,7 +244,9 @@ impl Org {
     /// | openConversationId | chatid | name | access | notes |
     /// |---|---|---|---|---|
     /// | `cidBound0001==` | `chatbound0001` | 研发部全员群 | Full | 37 members, mixed flags |
-    /// | `cidScene0001==` | – | 项目群·发布 | Full | scene group |
+    /// | `cidScene0001==` | – | 项目群·发布 | Full | scene group: string flags, `member_amount` |
+    /// | `cidScene0002==` | – | 项目群·测试 | Full | scene group: integer flags, no `member_amount` |
+    /// | `cidMixed0001==` | `chatmixed0001` | 客户对接群 | Full | 3 staff + 2 external members (`extidlist`) |
     /// | `cidPlain0001==` | – | 午餐拼单群 | Full | plain group |
     /// | `cidDenied001==` | – | 外部协作群 | NoPermission | |
     /// | `cidAsXSBLnA==` | `chate39f540dxxxx` | 全员群 | Full | matches `chat_get_ok.json` |
@@ -248,7 +290,25 @@ impl Org {
             Group::new("cidScene0001==", "项目群·发布", "pm0815", scene_members)
                 .as_scene_group()
                 .with_flags([0, 1, 1, 0, 1, 0]),
+            Group::new(
+                "cidScene0002==",
+                "项目群·测试",
+                "pm0815",
+                ids(&["pm0815", "user123", "dev001", "dev002"]),
+            )
+            .as_scene_group()
+            .with_integer_flags()
+            .without_member_amount()
+            .with_flags([1, 0, 0, 1, 0, 1]),
             Group::new("cidPlain0001==", "午餐拼单群", "user123", plain_members),
+            Group::new(
+                "cidMixed0001==",
+                "客户对接群",
+                "manager4220",
+                ids(&["manager4220", "user123", "pm0815"]),
+            )
+            .with_chatid("chatmixed0001")
+            .with_ext_members(ids(&["ext9001", "ext9002"])),
             Group::new(
                 "cidDenied001==",
                 "外部协作群",

@@ -1,9 +1,9 @@
 //! Shared state of a running sandbox: the org, the current token, call counters,
 //! queued faults and the messages received on `sendBySession`.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -16,11 +16,17 @@ use super::org::{Group, Org, User};
 /// How many messages the sandbox keeps; older ones are dropped but still counted.
 pub const MESSAGE_CAPACITY: usize = 100_000;
 
-/// One message a client POSTed to `/robot/sendBySession`.
+/// One message a client sent: POSTed to `/robot/sendBySession`, or through the robot
+/// send APIs (`groupMessages/send`, `oToMessages/batchSend`).
 #[derive(Clone, Debug)]
 pub struct SentMessage {
-    /// The `session` query parameter of the webhook URL.
+    /// The `session` query parameter of the webhook URL; empty for the robot send APIs.
     pub session: String,
+    /// The API it came through.
+    pub via: Endpoint,
+    /// Who it went to: the session, the `openConversationId` (`groupMessages/send`) or the
+    /// userids, comma-separated (`oToMessages/batchSend`).
+    pub to: String,
     /// The JSON body as received.
     pub body: Value,
     /// When the sandbox received it.
@@ -28,9 +34,23 @@ pub struct SentMessage {
 }
 
 impl SentMessage {
+    /// The `msgParam` of a robot send API message, parsed.
+    pub fn msg_param(&self) -> Option<Value> {
+        let param = self.body.get("msgParam")?.as_str()?;
+        serde_json::from_str(param).ok()
+    }
+
     /// The visible text: `markdown.text`, else `text.content`, else the `text` of an
-    /// `actionCard` or `link`; empty if none of these is present.
+    /// `actionCard` or `link`, else a robot send API's `msgParam` `text` (`sampleMarkdown`)
+    /// or `content` (`sampleText`); empty if none of these is present.
     pub fn text(&self) -> String {
+        if let Some(param) = self.msg_param() {
+            return ["text", "content"]
+                .iter()
+                .find_map(|k| param.get(k).and_then(Value::as_str))
+                .unwrap_or_default()
+                .to_owned();
+        }
         [
             "/markdown/text",
             "/text/content",
@@ -51,9 +71,14 @@ impl SentMessage {
             .unwrap_or_default()
     }
 
-    /// The markdown title, if this is a markdown message.
+    /// The markdown title, if this is a markdown message (of a sessionWebhook).
     pub fn title(&self) -> Option<&str> {
         self.body.pointer("/markdown/title").and_then(Value::as_str)
+    }
+
+    /// The `robotCode` of a robot send API message.
+    pub fn robot_code(&self) -> Option<&str> {
+        self.body.get("robotCode").and_then(Value::as_str)
     }
 
     /// The userids in `at.atUserIds`.
@@ -105,6 +130,12 @@ pub(crate) struct State {
     calls: [AtomicU64; Endpoint::ALL.len()],
     pub(crate) faults: FaultBook,
     sink: Sink,
+    /// Sessions whose webhook answers 300001 "session 不存在" from now on.
+    ended_sessions: Mutex<HashSet<String>>,
+    /// Whether the app lacks `qyapi_robot_sendmsg` (the robot send APIs answer 403).
+    robot_send_denied: AtomicBool,
+    /// Userids `oToMessages/batchSend` lists as flow-controlled instead of sending to.
+    flow_controlled: Mutex<HashSet<String>>,
 }
 
 impl State {
@@ -128,6 +159,9 @@ impl State {
             calls: Default::default(),
             faults: FaultBook::default(),
             sink: Sink::default(),
+            ended_sessions: Mutex::new(HashSet::new()),
+            robot_send_denied: AtomicBool::new(false),
+            flow_controlled: Mutex::new(HashSet::new()),
         };
         for group in groups {
             state.put_group(group);
@@ -219,6 +253,49 @@ impl State {
 
     pub(crate) fn user(&self, userid: &str) -> Option<User> {
         self.users.get(userid).map(|u| u.clone())
+    }
+
+    // ---- sessions and the robot send permission ------------------------------------
+
+    /// Makes `session`'s webhook answer 300001 from now on (DingTalk's expired session).
+    pub(crate) fn end_session(&self, session: &str) {
+        let mut ended = self
+            .ended_sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        ended.insert(session.to_owned());
+    }
+
+    pub(crate) fn session_ended(&self, session: &str) -> bool {
+        let ended = self
+            .ended_sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        ended.contains(session)
+    }
+
+    pub(crate) fn set_robot_send_denied(&self, denied: bool) {
+        self.robot_send_denied.store(denied, Ordering::Relaxed);
+    }
+
+    pub(crate) fn robot_send_denied(&self) -> bool {
+        self.robot_send_denied.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn flow_control(&self, userid: &str) {
+        let mut users = self
+            .flow_controlled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        users.insert(userid.to_owned());
+    }
+
+    pub(crate) fn flow_controlled(&self, userid: &str) -> bool {
+        let users = self
+            .flow_controlled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        users.contains(userid)
     }
 
     // ---- counters -----------------------------------------------------------------

@@ -41,7 +41,14 @@ impl Harness {
         token: Option<&str>,
         body: &Value,
     ) -> Result<(StatusCode, Value)> {
-        let mut req = self.http.post(self.url(path)).json(body);
+        // `null` stands for "no body" (convertToOpenConversationId takes none).
+        let mut req = self
+            .http
+            .post(self.url(path))
+            .header(reqwest::header::ACCEPT, "application/json");
+        if !body.is_null() {
+            req = req.json(body);
+        }
         if let Some(token) = token {
             req = req.header(TOKEN_HEADER, token);
         }
@@ -102,7 +109,7 @@ async fn gettoken_returns_the_same_token_until_revoked() -> Result<()> {
         .post(
             "/v1.0/im/chat/chatbound0001/convertToOpenConversationId",
             Some(&first),
-            &json!({}),
+            &Value::Null,
         )
         .await?;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
@@ -191,25 +198,63 @@ async fn convert_and_openapi_group_endpoints() -> Result<()> {
     let convert = |chatid: &str| format!("/v1.0/im/chat/{chatid}/convertToOpenConversationId");
 
     let (status, body) = h
-        .post(&convert("chate39f540dxxxx"), Some(&token), &json!({}))
+        .post(&convert("chate39f540dxxxx"), Some(&token), &Value::Null)
         .await?;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({"openConversationId": "cidAsXSBLnA=="}));
     let (status, body) = h
-        .post(&convert("chatnope"), Some(&token), &json!({}))
+        .post(&convert("chatnope"), Some(&token), &Value::Null)
         .await?;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["code"], "invalidParameter.chatId");
     let (status, body) = h
-        .post(&convert("chatnoread0001"), Some(&token), &json!({}))
+        .post(&convert("chatnoread0001"), Some(&token), &Value::Null)
         .await?;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(
         body["accessdenieddetail"]["requiredScopes"],
         json!(["qyapi_chat_read"])
     );
-    let (status, _) = h.post(&convert("chatbound0001"), None, &json!({})).await?;
+    let (status, _) = h
+        .post(&convert("chatbound0001"), None, &Value::Null)
+        .await?;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // The SDK sends no body; the sandbox refuses one.
+    let (status, body) = h
+        .post(&convert("chate39f540dxxxx"), Some(&token), &json!({}))
+        .await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["code"], "InvalidParameter.Body");
+    // Without `Accept: application/json` a /v1.0 endpoint answers XML.
+    let resp = h
+        .http
+        .post(h.url(&convert("chate39f540dxxxx")))
+        .header(TOKEN_HEADER, &token)
+        .send()
+        .await?;
+    assert!(
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/xml")),
+        "{resp:?}"
+    );
+    assert!(resp.text().await?.starts_with("<?xml"));
+
+    // chat/get counts external members in `extidlist`; baseInfos counts them too.
+    let mixed = h.chat_get(&token, "chatmixed0001").await?;
+    assert_eq!(
+        mixed["chat_info"]["extidlist"],
+        json!(["ext9001", "ext9002"])
+    );
+    let (_, body) = h
+        .post(
+            "/v1.0/im/groups/baseInfos/query",
+            Some(&token),
+            &json!({"openConversationId": "cidMixed0001=="}),
+        )
+        .await?;
+    assert_eq!(body["result"]["memberCount"], 5);
 
     let base = "/v1.0/im/groups/baseInfos/query";
     let (status, body) = h
@@ -252,7 +297,7 @@ async fn convert_and_openapi_group_endpoints() -> Result<()> {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["owner_user_id"], "pm0815");
     assert_eq!(body["member_amount"], 8);
-    assert_eq!(body["management_options"]["searchable"], 1);
+    assert_eq!(body["management_options"]["searchable"], "1");
     let (status, body) = h
         .post(
             detail,
@@ -288,7 +333,23 @@ async fn oapi_scene_group_and_user_endpoints() -> Result<()> {
     assert_eq!(body["errcode"], 0);
     assert_eq!(body["result"]["title"], "项目群·发布");
     assert_eq!(body["result"]["owner_staff_id"], "pm0815");
-    assert_eq!(body["result"]["management_options"]["validation_type"], 1);
+    // DingTalk's shape: the flags as strings, the member count as a number.
+    assert_eq!(body["result"]["management_options"]["validation_type"], "1");
+    assert_eq!(
+        body["result"]["management_options"]["chat_banned_type"],
+        "0"
+    );
+    assert_eq!(body["result"]["member_amount"], 8);
+    // The other variant: integer flags and no member_amount.
+    let (_, body) = h
+        .post(
+            &scene,
+            None,
+            &json!({"open_conversation_id": "cidScene0002=="}),
+        )
+        .await?;
+    assert_eq!(body["result"]["management_options"]["chat_banned_type"], 1);
+    assert!(body["result"].get("member_amount").is_none(), "{body}");
     let (_, body) = h
         .post(
             &scene,
@@ -497,7 +558,7 @@ async fn admin_endpoints_control_a_remote_sandbox() -> Result<()> {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         list,
-        json!([{"session": "abc", "body": text_msg("one", &[])}])
+        json!([{"session": "abc", "via": "send_by_session", "to": "abc", "body": text_msg("one", &[])}])
     );
     let (_, all) = h.get("/_sandbox/messages", &[]).await?;
     assert_eq!(all.as_array().map(Vec::len), Some(2));

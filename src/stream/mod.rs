@@ -417,7 +417,7 @@ impl StreamDoor {
             Ok(slot) => slot,
             Err(refusal) => return refused(&refusal),
         };
-        match pipeline.admit(callback, None, data.as_bytes(), now).await {
+        match pipeline.admit(callback, None, now).await {
             Ok(Decision::Reply(job)) => {
                 telemetry::callback(if job.is_slow_down() {
                     Outcome::RateLimited
@@ -437,7 +437,7 @@ impl StreamDoor {
 fn refused(refusal: &Refusal) {
     telemetry::callback(match refusal {
         Refusal::Webhook(_) => Outcome::WebhookRefused,
-        Refusal::Replayed => Outcome::Replayed,
+        Refusal::Replayed | Refusal::SignedBeforeRestart => Outcome::Replayed,
         Refusal::Overloaded | Refusal::ShuttingDown => Outcome::Shed,
     });
     sampled(|| tracing::warn!(reason = %refusal, "Stream message refused"));

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use dingbot::config::ReplyFallback;
 use dingbot::dingtalk::ReplyClientChoice;
 use dingbot::dingtalk::reply_http::proxy_variable;
 use dingbot::sandbox::{Endpoint, Fault};
@@ -40,7 +41,9 @@ async fn reply_is_retried_after_a_busy_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reply_refused_by_dingtalk_is_not_retried() {
-    let app = spawn_app().await;
+    // `reply.fallback = "none"`: the refusal ends the reply (with the default fallback it
+    // goes through the robot send API; tests/api/fallback.rs).
+    let app = spawn_app_with(|s| s.reply.fallback = ReplyFallback::None).await;
     app.sandbox.inject(
         Endpoint::SendBySession,
         Fault::errcode(300001, "session 不存在"),
@@ -50,6 +53,8 @@ async fn reply_refused_by_dingtalk_is_not_retried() {
     app.send(&out).await.assert_accepted();
     app.assert_no_reply(&out.session).await;
     assert_eq!(app.sandbox.calls(Endpoint::SendBySession), 1);
+    assert_eq!(app.sandbox.calls(Endpoint::RobotGroupSend), 0);
+    assert_eq!(app.sandbox.message_count(), 0);
     // The next message is answered normally.
     let next = app.group_text(BOUND, "/help");
     app.send(&next).await.assert_accepted();
@@ -65,13 +70,29 @@ async fn reply_delivered_with_an_unreadable_answer_is_not_sent_twice() {
     let out = app.group_text(BOUND, "/help");
     app.send(&out).await.assert_accepted();
     app.replies(&out.session, 1).await;
+    // The reply task holds its slot until it has given up or succeeded, retries included:
+    // once the slot is free, every POST it will ever make has been made.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.state.callbacks_in_flight() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        app.state.callbacks_in_flight(),
+        0,
+        "the reply task never finished"
+    );
+    assert_eq!(
+        app.sandbox.calls(Endpoint::SendBySession),
+        1,
+        "an answer that may hide a delivered message must not be POSTed again"
+    );
     app.assert_no_more(&out.session, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reply_that_was_slow_to_be_acknowledged_is_not_sent_twice() {
     // Timeout 1 s: the first POST times out, and the retry policy has time for another.
-    let app = spawn_app_with(|c| c.request_timeout_ms = Some(1000)).await;
+    let app = spawn_app_with(|s| s.dingtalk.request_timeout_ms = 1000).await;
     // DingTalk takes 1.2 s to acknowledge the first POST, but does deliver it.
     let delivery = Duration::from_millis(1200);
     app.sandbox
@@ -98,7 +119,7 @@ async fn reply_that_was_slow_to_be_acknowledged_is_not_sent_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_through_reqwest_are_retried_and_never_doubled_too() {
     // The client `reply_client = "auto"` picks when HTTPS_PROXY or the like is set.
-    let app = spawn_app_with(|c| c.reply_client = Some(ReplyClientChoice::Reqwest)).await;
+    let app = spawn_app_with(|s| s.dingtalk.reply_client = ReplyClientChoice::Reqwest).await;
     assert_eq!(app.state.pipeline.sender().client_name(), "reqwest");
     app.sandbox
         .inject(Endpoint::SendBySession, Fault::HttpStatus(502), 1);

@@ -1,6 +1,8 @@
 //! DingTalk's documented callback payloads are accepted and answered.
 
+use dingbot::dingtalk::client::SceneGroupInfo;
 use dingbot::sandbox::Endpoint;
+use serde_json::{Value, json};
 
 use crate::helpers::{FIXTURE_GROUP, spawn_app, spawn_app_from_toml};
 
@@ -163,4 +165,74 @@ async fn long_unknown_word_is_quoted_shortened() {
         "{text}"
     );
     assert!(!text.contains(&"长".repeat(33)), "{text}");
+}
+
+/// The JSON type of a value, for comparing shapes.
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenegroup_get_fixture_is_what_the_sandbox_serves_and_dingbot_reads() {
+    let fixture: Value =
+        serde_json::from_str(include_str!("../fixtures/scenegroup_get_ok.json")).unwrap();
+    let app = spawn_app().await;
+    let http = reqwest::Client::new();
+    let base = app.sandbox.base_url();
+    let token: Value = http
+        .get(format!(
+            "{base}/gettoken?appkey=dingdemoappkey&appsecret={}",
+            crate::helpers::SECRET
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["access_token"].as_str().unwrap();
+    let served: Value = http
+        .post(format!(
+            "{base}/topapi/im/chat/scenegroup/get?access_token={token}"
+        ))
+        .json(&json!({"open_conversation_id": "cidScene0001=="}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // Same keys with the same JSON types, down into management_options.
+    for (key, want) in fixture["result"].as_object().unwrap() {
+        let got = &served["result"][key];
+        assert_eq!(kind(got), kind(want), "result.{key}: {served}");
+    }
+    for (key, want) in fixture["result"]["management_options"].as_object().unwrap() {
+        let got = &served["result"]["management_options"][key];
+        assert_eq!(got, want, "management_options.{key}: {served}");
+    }
+
+    // dingbot's model reads the official shape: every flag, and the count.
+    let info: SceneGroupInfo = serde_json::from_value(fixture["result"].clone()).unwrap();
+    let o = &info.management_options;
+    assert_eq!(
+        [
+            o.chat_banned_type,
+            o.searchable,
+            o.validation_type,
+            o.mention_all_authority,
+            o.management_type,
+            o.show_history_type
+        ],
+        [Some(0), Some(1), Some(1), Some(0), Some(1), Some(0)]
+    );
+    assert_eq!(info.member_amount, Some(8));
+    assert_eq!(info.owner_staff_id, "pm0815");
 }

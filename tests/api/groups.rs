@@ -114,12 +114,15 @@ async fn scene_group_shows_owner_and_settings_without_a_chatid() {
             "全员禁言：未开启",
             "可被搜索：是",
             "入群验证：需要群主或管理员审批",
+            "@所有人 权限：所有成员",
             "群管理：仅群主和管理员",
+            "新成员查看历史消息：不可以",
         ],
     );
     assert!(!text.contains("暂无法获取"), "{text}");
-    // No chatid: scenegroup/get for owner and settings, baseInfos for the count.
-    assert_eq!(calls(&app), [0, 1, 1, 1, 1]);
+    // DingTalk sends this group's flags as "0"/"1" strings and its member_amount: no
+    // chatid, scenegroup/get alone for owner, settings and count (user/get for the name).
+    assert_eq!(calls(&app), [0, 1, 0, 1, 1]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,19 +136,21 @@ async fn plain_group_shows_title_and_count_and_explains_the_rest() {
             "**群名称**：午餐拼单群",
             "**成员数**：7 人",
             "**群主**：暂无法获取 — 本群不是由本应用创建的",
-            "暂无法获取 — 本群不是由本应用创建的。参见 README › Groups",
+            "暂无法获取 — 本群不是由本应用创建的。\n",
             "/bind",
         ],
     );
     // Nothing is blamed on a permission, and no bare error code is shown.
     assert!(!text.contains("qyapi"), "{text}");
     assert!(!text.contains("400020"), "{text}");
+    // Group members are told what they can do, never pointed at a file of the deployment.
+    assert!(!text.contains("README"), "{text}");
     assert_eq!(calls(&app), [0, 1, 1, 0, 1]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_group_in_english() {
-    let app = spawn_app_with(|c| c.language = Language::En).await;
+    let app = spawn_app_with(|s| s.bot.language = Language::En).await;
     let text = info(&app, PLAIN).await;
     assert_contains_all(
         &text,
@@ -153,7 +158,7 @@ async fn plain_group_in_english() {
             "#### Group info: 午餐拼单群",
             "**Members**: 7",
             "**Owner**: not available — this group was not created by this app",
-            "Not available — this group was not created by this app. See README › Groups.",
+            "Not available — this group was not created by this app.\n",
         ],
     );
 }
@@ -168,7 +173,7 @@ async fn group_denying_every_api_gets_the_callback_title_and_the_permission_name
         &text,
         &[
             "#### 群信息：外部协作群（回调标题）",
-            "**成员数**：暂无法获取 — dingbot 不知道本群的 chatid；应用没有 qyapi_chat_read 权限（groups/baseInfos/query）",
+            "**成员数**：暂无法获取 — dingbot 不知道本群的 chatid；应用没有 qyapi_chat_read 权限（scenegroup/get）；应用没有 qyapi_chat_read 权限（groups/baseInfos/query）",
             "应用没有 qyapi_chat_read 权限（scenegroup/get）",
             "**管理员请处理**：在钉钉开发者后台为本应用开通 qyapi_chat_read 权限",
         ],
@@ -336,7 +341,9 @@ async fn bind_is_for_admins_and_listed_users_only() {
     app.sandbox.put_group(own_group());
     let text = ask_as(&app, OWN, &format!("/bind {OWN_CHATID}"), false).await;
     assert!(text.starts_with("#### 只有管理员可以绑定"), "{text}");
-    assert!(text.contains("admin_user_ids"), "{text}");
+    // What the member can do in the chat, not a config key of the deployment.
+    assert!(text.contains("请群主或群管理员来发送"), "{text}");
+    assert!(!text.contains("admin_user_ids"), "{text}");
     // Refused before asking DingTalk; nothing stored.
     assert_eq!(app.sandbox.calls(Endpoint::ConvertToOpenConversationId), 1);
     assert!(!app.data_dir.join("bindings.json").exists());

@@ -3,7 +3,9 @@
 use dingbot::sandbox::{Endpoint, Fault};
 use serde_json::json;
 
-use crate::helpers::{assert_no_secret, spawn_app, spawn_app_with};
+use crate::helpers::{
+    assert_no_secret, spawn_app, spawn_app_faulted, spawn_app_with, without_fixture_group,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_answers_ok() {
@@ -15,7 +17,7 @@ async fn healthz_answers_ok() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_ready_when_a_token_can_be_had() {
-    let app = spawn_app_with(|c| c.learn_fixture_group = false).await;
+    let app = spawn_app_with(without_fixture_group).await;
     let answer = app.get("/readyz").await;
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(answer.json(), json!({"status": "ready"}));
@@ -28,14 +30,14 @@ async fn readyz_is_ready_when_a_token_can_be_had() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_not_ready_when_gettoken_fails() {
-    let app = spawn_app_with(|c| {
-        c.learn_fixture_group = false;
-        c.faults_before_start.push((
+    let app = spawn_app_faulted(
+        vec![(
             Endpoint::GetToken,
             Fault::errcode(40089, "不合法的corpid或corpsecret"),
             u32::MAX,
-        ));
-    })
+        )],
+        without_fixture_group,
+    )
     .await;
     let answer = app.get("/readyz").await;
     assert_eq!(answer.status, 503, "{answer:?}");

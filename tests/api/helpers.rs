@@ -9,7 +9,6 @@ use actix_web::web::Data;
 use dingbot::clock::now_ms;
 use dingbot::config::{GroupBinding, Language, Settings};
 use dingbot::demo::{SignedCallback, sandbox_settings, unique_timestamp};
-use dingbot::dingtalk::ReplyClientChoice;
 use dingbot::dingtalk::signature::sign;
 use dingbot::http::AppState;
 use dingbot::sandbox::{Endpoint, Fault, Org, Sandbox, SentMessage};
@@ -44,48 +43,16 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{n:06}")
 }
 
-/// What to change from the demo settings before the app starts.
-pub struct TestConfig {
-    /// `bot.language`.
-    pub language: Language,
-    /// `rate_limit.per_group_per_minute`.
-    pub per_minute: u32,
-    /// `dingtalk.request_timeout_ms` (demo settings: 2000).
-    pub request_timeout_ms: Option<u64>,
-    /// Keep the demo binding of chate39f540dxxxx without openConversationId, which dingbot
-    /// resolves at startup (one gettoken, one convertToOpenConversationId). `false` drops
-    /// it so that nothing talks to DingTalk before the first callback.
-    pub learn_fixture_group: bool,
-    /// More `[[groups]]`.
-    pub extra_groups: Vec<GroupBinding>,
-    /// `bot.inline_mention`.
-    pub inline_mention: bool,
-    /// `server.max_in_flight` (default 1024).
-    pub max_in_flight: Option<usize>,
-    /// `server.queue_wait_ms` (default 1000).
-    pub queue_wait_ms: Option<u64>,
-    /// Faults queued on the sandbox before dingbot starts.
-    pub faults_before_start: Vec<(Endpoint, Fault, u32)>,
-    /// `dingtalk.reply_client` (default `auto`: the direct client in tests).
-    pub reply_client: Option<ReplyClientChoice>,
+/// Drops the demo binding of chate39f540dxxxx without openConversationId, which dingbot
+/// resolves at startup (one gettoken, one convertToOpenConversationId), so that nothing
+/// talks to DingTalk before the first callback.
+pub fn without_fixture_group(settings: &mut Settings) {
+    settings.groups.retain(|g| g.open_conversation_id.is_some());
 }
 
-impl Default for TestConfig {
-    fn default() -> Self {
-        TestConfig {
-            language: Language::Zh,
-            // High enough that the limiter never interferes unless a test lowers it.
-            per_minute: 100,
-            request_timeout_ms: None,
-            learn_fixture_group: true,
-            extra_groups: Vec::new(),
-            inline_mention: false,
-            max_in_flight: None,
-            queue_wait_ms: None,
-            faults_before_start: Vec::new(),
-            reply_client: None,
-        }
-    }
+/// `rate_limit.per_group_per_minute = n`.
+pub fn per_minute(n: u32) -> std::num::NonZeroU32 {
+    std::num::NonZeroU32::new(n).expect("a budget of at least 1")
 }
 
 /// A binding `chatid` ↔ `cid`.
@@ -197,34 +164,26 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
-/// Starts the sandbox and dingbot with the demo settings changed by `configure`.
-pub async fn spawn_app_with(configure: impl FnOnce(&mut TestConfig)) -> TestApp {
-    let mut cfg = TestConfig::default();
-    configure(&mut cfg);
+/// Starts the sandbox and dingbot with the test settings changed by `configure`. The test
+/// settings are the demo's with a budget of 100 per group and minute, high enough that the
+/// limiter never interferes unless a test lowers it.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_faulted(Vec::new(), configure).await
+}
+
+/// Like [`spawn_app_with`], with `faults` queued on the sandbox before dingbot starts.
+pub async fn spawn_app_faulted(
+    faults: Vec<(Endpoint, Fault, u32)>,
+    configure: impl FnOnce(&mut Settings),
+) -> TestApp {
     let org = Org::demo();
     let sandbox = Sandbox::start(org.clone()).await.expect("sandbox starts");
-    for (ep, fault, times) in cfg.faults_before_start.drain(..) {
+    for (ep, fault, times) in faults {
         sandbox.inject(ep, fault, times);
     }
-    let mut settings = sandbox_settings(&sandbox, &org, cfg.language, cfg.per_minute)
-        .expect("demo settings are valid");
-    if let Some(ms) = cfg.request_timeout_ms {
-        settings.dingtalk.request_timeout_ms = ms;
-    }
-    if !cfg.learn_fixture_group {
-        settings.groups.retain(|g| g.open_conversation_id.is_some());
-    }
-    settings.groups.extend(cfg.extra_groups);
-    settings.bot.inline_mention = cfg.inline_mention;
-    if let Some(n) = cfg.max_in_flight {
-        settings.server.max_in_flight = n.try_into().expect("max_in_flight > 0");
-    }
-    if let Some(ms) = cfg.queue_wait_ms {
-        settings.server.queue_wait_ms = ms;
-    }
-    if let Some(choice) = cfg.reply_client {
-        settings.dingtalk.reply_client = choice;
-    }
+    let mut settings =
+        sandbox_settings(&sandbox, &org, Language::Zh, 100).expect("demo settings are valid");
+    configure(&mut settings);
     launch(sandbox, org, &settings).await
 }
 

@@ -4,7 +4,9 @@ use std::time::{Duration, Instant};
 
 use dingbot::sandbox::{Endpoint, Fault};
 
-use crate::helpers::{BOUND, PLAIN, TestApp, binding, spawn_app, spawn_app_with};
+use crate::helpers::{
+    BOUND, PLAIN, TestApp, binding, spawn_app, spawn_app_with, without_fixture_group,
+};
 
 /// Sends "/info" in `cid` and returns the single reply's text.
 async fn info_reply(app: &TestApp, cid: &str) -> String {
@@ -24,7 +26,7 @@ fn errcode(code: i64, msg: &str) -> Fault {
 
 /// An app that talks to DingTalk only when a callback asks it to.
 async fn quiet_app() -> TestApp {
-    spawn_app_with(|c| c.learn_fixture_group = false).await
+    spawn_app_with(without_fixture_group).await
 }
 
 /// A summary from the other sources, with chat/get's missing permission named.
@@ -77,11 +79,7 @@ async fn info_aliases_are_understood() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dissolved_group_says_so() {
-    let app = spawn_app_with(|c| {
-        c.extra_groups
-            .push(binding("chatgone0001", "cidGone0001=="))
-    })
-    .await;
+    let app = spawn_app_with(|s| s.groups.push(binding("chatgone0001", "cidGone0001=="))).await;
     let text = info_reply(&app, "cidGone0001==").await;
     assert!(text.contains("群信息：旧版本发布群"), "{text}");
     assert!(text.contains("该群已解散"), "{text}");
@@ -90,11 +88,7 @@ async fn dissolved_group_says_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_the_app_may_not_read_gets_the_permission_reply() {
     // Not injected: the sandbox itself answers 43007 for this group.
-    let app = spawn_app_with(|c| {
-        c.extra_groups
-            .push(binding("chatnoread0001", "cidNoRead001=="))
-    })
-    .await;
+    let app = spawn_app_with(|s| s.groups.push(binding("chatnoread0001", "cidNoRead001=="))).await;
     let text = info_reply(&app, "cidNoRead001==").await;
     // chat/get is denied; baseInfos still gives the name and the member count.
     assert_chat_read_denied_reply(&text);
@@ -164,11 +158,7 @@ async fn errcode_40016_gets_the_invalid_chatid_reply() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configured_chatid_unknown_to_dingtalk_gets_the_invalid_chatid_reply() {
     // Not injected: the sandbox answers 40016 for a chatid it does not know.
-    let app = spawn_app_with(|c| {
-        c.extra_groups
-            .push(binding("chatnosuchgroup", "cidTypo0001=="))
-    })
-    .await;
+    let app = spawn_app_with(|s| s.groups.push(binding("chatnosuchgroup", "cidTypo0001=="))).await;
     let text = info_reply(&app, "cidTypo0001==").await;
     assert_error_reply(&text);
     assert!(text.contains("chatid 无效"), "{text}");
@@ -314,9 +304,9 @@ async fn failing_gettoken_gets_the_token_reply() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_dingtalk_gets_the_timeout_reply_promptly() {
-    let app = spawn_app_with(|c| {
-        c.learn_fixture_group = false;
-        c.request_timeout_ms = Some(300);
+    let app = spawn_app_with(|s| {
+        without_fixture_group(s);
+        s.dingtalk.request_timeout_ms = 300;
     })
     .await;
     app.sandbox

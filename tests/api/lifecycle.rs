@@ -4,11 +4,11 @@ use std::time::Duration;
 
 use dingbot::sandbox::{Endpoint, Fault};
 
-use crate::helpers::{BOUND, spawn_app_with};
+use crate::helpers::{BOUND, spawn_app_with, without_fixture_group};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_reply_is_delivered_during_graceful_shutdown() {
-    let mut app = spawn_app_with(|c| c.learn_fixture_group = false).await;
+    let mut app = spawn_app_with(without_fixture_group).await;
     // DingTalk takes a while to answer chat/get.
     app.sandbox.inject(
         Endpoint::ChatGet,

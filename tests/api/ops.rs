@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use dingbot::sandbox::{Endpoint, Fault, Org, Sandbox};
 
 use crate::helpers::{
-    BOUND, SECRET, TestApp, assert_no_secret, fresh_signature, spawn_app_from_toml, spawn_app_with,
+    BOUND, SECRET, TestApp, assert_no_secret, fresh_signature, spawn_app_faulted,
+    spawn_app_from_toml, spawn_app_with, without_fixture_group,
 };
 
 const APP_KEY: &str = "dingdemoappkey";
@@ -368,7 +369,7 @@ async fn get_metrics(app: &TestApp) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_with_traffic_without_group_ids_or_secrets() {
-    let app = spawn_app_with(|c| c.learn_fixture_group = false).await;
+    let app = spawn_app_with(without_fixture_group).await;
 
     // (name, labels, expected minimal increase). The recorder is shared by every test in
     // this binary, so only lower bounds on the increase hold.
@@ -459,14 +460,14 @@ async fn metrics_move_with_traffic_without_group_ids_or_secrets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_stop_delivers_every_reply_in_flight() {
     const N: usize = 5;
-    let mut app = spawn_app_with(|c| {
-        c.learn_fixture_group = false;
-        c.faults_before_start = vec![(
+    let mut app = spawn_app_faulted(
+        vec![(
             Endpoint::ChatGet,
             Fault::Delay(Duration::from_millis(1500)),
             N as u32,
-        )];
-    })
+        )],
+        without_fixture_group,
+    )
     .await;
     let port = app.port;
 
@@ -783,6 +784,60 @@ async fn check_names_the_group_and_the_missing_permission() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_the_robot_send_permission_the_fallback_needs() {
+    let sandbox = Sandbox::start(Org::demo()).await.expect("sandbox");
+    let config = Config::new(&sandbox.base_url());
+    let out = run_check(&config).await;
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("  ok    reply fallback: robot send APIs (qyapi_robot_sendmsg granted)\n"),
+        "{}",
+        out.stdout
+    );
+    // The probe cannot send anything: it names no conversation.
+    assert_eq!(sandbox.message_count(), 0);
+
+    sandbox.set_robot_send_permission(false);
+    let out = run_check(&config).await;
+    assert!(!out.status.success(), "{}", out.stdout);
+    let items = fail_items(&out.stdout);
+    assert_eq!(items.len(), 1, "{}", out.stdout);
+    assert!(items[0].contains("reply fallback"), "{}", items[0]);
+    assert!(items[0].contains("qyapi_robot_sendmsg"), "{}", items[0]);
+    assert!(
+        items[0].contains("fix: grant the app the qyapi_robot_sendmsg permission"),
+        "{}",
+        items[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_robot_send_permission_is_logged_by_name() {
+    let sandbox = Sandbox::start(Org::demo()).await.expect("sandbox");
+    sandbox.set_robot_send_permission(false);
+    let mut served = Served::start(Config::new(&sandbox.base_url())).await;
+    let session = "opsNoRobotSend";
+    sandbox.end_session(session);
+    assert_eq!(served.send_info(&sandbox, session).await, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sandbox.calls(Endpoint::RobotGroupSend) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sandbox.calls(Endpoint::RobotGroupSend), 1);
+    let (status, _, out, err) = served.sigterm().await;
+    assert!(status.success(), "{out}\n{err}");
+    let line = out
+        .lines()
+        .chain(err.lines())
+        .find(|l| l.contains("qyapi_robot_sendmsg"))
+        .unwrap_or_else(|| panic!("no log line names the permission:\n{out}\n{err}"));
+    assert!(line.contains("ERROR"), "{line}");
+    assert_eq!(sandbox.message_count(), 0);
+    assert_no_secret(&out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_without_app_key_exits_2_naming_the_key() {
     let sandbox = Sandbox::start(Org::demo()).await.expect("sandbox");
     let mut config = Config::new(&sandbox.base_url());
@@ -875,7 +930,7 @@ async fn simulate_with_a_wrong_secret_reports_401() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_200_with_a_healthy_dingtalk() {
-    let app = spawn_app_with(|c| c.learn_fixture_group = false).await;
+    let app = spawn_app_with(without_fixture_group).await;
     let ready = app.get("/readyz").await;
     assert_eq!(ready.status, 200, "{ready:?}");
     assert_eq!(ready.json()["status"], "ready");
@@ -902,10 +957,10 @@ async fn assert_not_ready(app: &TestApp) {
 
 async fn not_ready_app(fault: Fault) -> TestApp {
     // No pending group, so nothing fetches a token before the probe.
-    spawn_app_with(|c| {
-        c.learn_fixture_group = false;
-        c.faults_before_start = vec![(Endpoint::GetToken, fault, u32::MAX)];
-    })
+    spawn_app_faulted(
+        vec![(Endpoint::GetToken, fault, u32::MAX)],
+        without_fixture_group,
+    )
     .await
 }
 

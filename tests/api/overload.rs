@@ -5,15 +5,15 @@ use std::time::Duration;
 use dingbot::sandbox::{Endpoint, Fault};
 use serde_json::json;
 
-use crate::helpers::{BOUND, Outgoing, TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{BOUND, Outgoing, TestApp, spawn_app, spawn_app_with, without_fixture_group};
 
 /// dingbot with a single in-flight slot, held by an `/info` whose chat/get DingTalk
 /// answers only after `delay`.
 async fn one_slot_held(queue_wait_ms: u64, delay: Duration) -> (TestApp, Outgoing) {
-    let app = spawn_app_with(|c| {
-        c.max_in_flight = Some(1);
-        c.queue_wait_ms = Some(queue_wait_ms);
-        c.learn_fixture_group = false;
+    let app = spawn_app_with(|s| {
+        s.server.max_in_flight = std::num::NonZeroUsize::new(1).expect("at least 1");
+        s.server.queue_wait_ms = queue_wait_ms;
+        without_fixture_group(s);
     })
     .await;
     app.sandbox

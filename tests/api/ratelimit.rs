@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use serde_json::json;
 
-use crate::helpers::{BOUND, PLAIN, SCENE, spawn_app_with};
+use crate::helpers::{BOUND, PLAIN, SCENE, per_minute, spawn_app_with};
 
 fn is_notice(text: &str) -> bool {
     text.contains("请慢一点") && text.contains("秒后再试")
@@ -13,7 +13,7 @@ fn is_notice(text: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_group_gets_its_budget_and_one_notice() {
-    let app = spawn_app_with(|c| c.per_minute = 5).await;
+    let app = spawn_app_with(|s| s.rate_limit.per_group_per_minute = per_minute(5)).await;
     let groups = [BOUND, SCENE, PLAIN];
     // One session per group: every reply of a group goes to the same chat.
     let mut sessions = HashMap::new();
@@ -72,7 +72,7 @@ async fn each_group_gets_its_budget_and_one_notice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notice_is_sent_once_per_window() {
-    let app = spawn_app_with(|c| c.per_minute = 2).await;
+    let app = spawn_app_with(|s| s.rate_limit.per_group_per_minute = per_minute(2)).await;
     let (session, webhook) = app.new_session();
     for round in 0..6 {
         let mut out = app.group_text(BOUND, "/help");
@@ -97,7 +97,7 @@ async fn notice_is_sent_once_per_window() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_and_refusals_do_not_spend_the_budget() {
-    let app = spawn_app_with(|c| c.per_minute = 2).await;
+    let app = spawn_app_with(|s| s.rate_limit.per_group_per_minute = per_minute(2)).await;
     let first = app.group_text(BOUND, "/help");
     app.send(&first).await.assert_accepted();
     // DingTalk retries the same message three times; a forger tries twice.

@@ -4,13 +4,14 @@
 use std::future::Future;
 
 use dingbot::clock::now_ms;
+use dingbot::config::ReplyFallback;
 use dingbot::dingtalk::signature::sign;
 use dingbot::sandbox::Endpoint;
 use serde_json::json;
 
 use crate::helpers::{
     Answer, BOUND, Outgoing, SECRET, TestApp, assert_no_secret, fresh_signature, spawn_app,
-    spawn_app_from_toml,
+    spawn_app_from_toml, spawn_app_with,
 };
 
 /// Runs `refused` (a request about `out` that must be refused) and checks: status and
@@ -385,10 +386,6 @@ async fn malformed_json_is_refused() {
         ("truncated", full[..full.len() / 2].to_string()),
         ("not json", "msgId=1&text=/help".to_string()),
         ("trailing garbage", format!("{full}}}")),
-        (
-            "wrong type",
-            full.replace("\"conversationType\":\"2\"", "\"conversationType\":2"),
-        ),
         ("array", format!("[{full}]")),
         ("empty", String::new()),
     ] {
@@ -415,26 +412,6 @@ async fn malformed_json_is_refused() {
         "bad_json",
     )
     .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrongly_typed_field_is_refused_without_echoing_its_value() {
-    let app = spawn_app().await;
-    let out = help(&app);
-    for (field, value) in [
-        ("isAdmin", json!("leaked-value-7f3a")),
-        ("sessionWebhookExpiredTime", json!("leaked-value-9c1d")),
-    ] {
-        let mut body = out.body.clone();
-        body[field] = value.clone();
-        let answer = app.post_signed(&body).await;
-        answer.assert_refused(400, "bad_json");
-        // Error bodies never contain the request body (src/http/error.rs).
-        assert!(
-            !answer.text.contains(value.as_str().unwrap()),
-            "{field}: the refusal echoes the request's text: {answer:?}"
-        );
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -498,7 +475,7 @@ async fn callback_without_msg_id_is_invalid() {
 async fn callback_with_other_defects_is_invalid() {
     let app = spawn_app().await;
     for (field, value) in [
-        ("conversationType", json!("3")),
+        ("msgId", json!({"id": 1})),
         ("conversationId", json!("")),
         ("sessionWebhook", json!("")),
         ("msgId", json!("x".repeat(300))),
@@ -545,8 +522,10 @@ async fn foreign_session_webhook_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expired_session_webhook_is_refused() {
-    let app = spawn_app().await;
+async fn expired_session_webhook_is_refused_without_the_fallback() {
+    // With the default `reply.fallback = "robot_api"` an expired webhook is answered
+    // through the robot send API instead (tests/api/fallback.rs).
+    let app = spawn_app_with(|s| s.reply.fallback = ReplyFallback::None).await;
     let out = help(&app);
     let mut body = out.body.clone();
     body["sessionWebhookExpiredTime"] = json!(now_ms() - 1_000);

@@ -104,7 +104,7 @@ async fn external_sender_without_staff_id_is_not_mentioned() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inline_mention_appends_the_user_to_the_text() {
-    let app = spawn_app_with(|c| c.inline_mention = true).await;
+    let app = spawn_app_with(|s| s.bot.inline_mention = true).await;
     let out = app.group_text(BOUND, "/help");
     app.send(&out).await.assert_accepted();
     let reply = app.replies(&out.session, 1).await.remove(0);

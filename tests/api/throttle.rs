@@ -4,12 +4,14 @@
 
 use std::time::{Duration, Instant};
 
+use dingbot::config::ReplyFallback;
 use dingbot::dingtalk::RetryPolicy;
 use dingbot::sandbox::{Endpoint, Fault};
 use serde_json::json;
 
 use crate::helpers::{
     ABSENCE_WAIT, BOUND, FIXTURE_GROUP, PLAIN, SCENE, TestApp, spawn_app, spawn_app_with,
+    without_fixture_group,
 };
 
 /// DingTalk's robot send throttling: "send too fast, exceed 20 times per minute".
@@ -112,9 +114,9 @@ async fn send_too_fast_silences_that_group_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reply_that_times_out_is_not_resent() {
     // Timeout 500 ms; DingTalk answers the reply POST only after 1.5 s.
-    let app = spawn_app_with(|c| {
-        c.request_timeout_ms = Some(500);
-        c.learn_fixture_group = false;
+    let app = spawn_app_with(|s| {
+        s.dingtalk.request_timeout_ms = 500;
+        without_fixture_group(s);
     })
     .await;
     let idle = app.state.pipeline.free_slots();
@@ -166,7 +168,13 @@ async fn reply_that_times_out_is_not_resent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_server_errors_are_retried_a_bounded_number_of_times_then_counted() {
-    let app = spawn_app_with(|c| c.learn_fixture_group = false).await;
+    // Without the fallback: this is about the sessionWebhook path alone (with it, the
+    // replies go through the robot send API; tests/api/fallback.rs).
+    let app = spawn_app_with(|s| {
+        without_fixture_group(s);
+        s.reply.fallback = ReplyFallback::None;
+    })
+    .await;
     let idle = app.state.pipeline.free_slots();
     let attempts = u64::from(RetryPolicy::default().attempts);
     let failed_before = replies_total(&app, "failed").await;

@@ -2,11 +2,13 @@
 
 use dingbot::sandbox::Endpoint;
 
-use crate::helpers::{BOUND, FIXTURE_GROUP, spawn_app, spawn_app_with};
+use crate::helpers::{
+    BOUND, FIXTURE_GROUP, per_minute, spawn_app, spawn_app_with, without_fixture_group,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequential_lookups_reuse_one_token() {
-    let app = spawn_app_with(|c| c.per_minute = 100).await;
+    let app = spawn_app_with(|s| s.rate_limit.per_group_per_minute = per_minute(100)).await;
     for i in 0..30 {
         let (cid, name) = if i % 2 == 0 {
             (BOUND, "研发部全员群")
@@ -27,9 +29,9 @@ async fn sequential_lookups_reuse_one_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_lookups_fetch_one_token() {
     // Nothing fetched a token before the burst: all 30 lookups race for the first one.
-    let app = spawn_app_with(|c| {
-        c.per_minute = 100;
-        c.learn_fixture_group = false;
+    let app = spawn_app_with(|s| {
+        s.rate_limit.per_group_per_minute = per_minute(100);
+        without_fixture_group(s);
     })
     .await;
     assert_eq!(app.sandbox.calls(Endpoint::GetToken), 0);
@@ -48,7 +50,7 @@ async fn concurrent_lookups_fetch_one_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn help_needs_no_token() {
-    let app = spawn_app_with(|c| c.learn_fixture_group = false).await;
+    let app = spawn_app_with(without_fixture_group).await;
     let out = app.group_text(BOUND, "/help");
     app.send(&out).await.assert_accepted();
     app.replies(&out.session, 1).await;
