@@ -80,9 +80,24 @@ export PY
 for f in Dockerfile Dockerfile.dockerignore dingbot.example.toml systemd/dingbot.service \
   nginx/dingbot.conf caddy/Caddyfile k8s/kustomization.yaml k8s/namespace.yaml \
   k8s/secret.example.yaml k8s/configmap.yaml k8s/deployment.yaml k8s/service.yaml \
-  k8s/ingress.yaml k8s/networkpolicy.yaml; do
+  k8s/ingress.yaml k8s/networkpolicy.yaml stream/dingbot.toml; do
   [[ -f "$DEPLOY/$f" ]] || fail "missing deploy/$f"
 done
+
+# ---------------------------------------------------------------- Stream-mode example
+pycheck "$DEPLOY/stream/dingbot.toml" <<'PY'
+import sys, tomllib
+def check(cond, msg): print(("ok: " if cond else "FAIL: ") + msg)
+try:
+    doc = tomllib.load(open(sys.argv[1], "rb"))
+except Exception as e:
+    check(False, f"stream/dingbot.toml does not parse: {e}")
+    sys.exit(0)
+check(doc.get("dingtalk", {}).get("mode") == "stream", "stream/dingbot.toml sets dingtalk.mode = \"stream\"")
+check(doc.get("dingtalk", {}).get("app_secret", "") == "", "stream/dingbot.toml holds no secret")
+st = doc.get("stream", {})
+check(st.get("ping_interval_ms", 0) < st.get("idle_timeout_ms", 0), "stream/dingbot.toml: ping_interval_ms < idle_timeout_ms")
+PY
 
 # ---------------------------------------------------------------- dingbot's built-in defaults
 # The proxies' body limits must equal dingbot's own default server.body_limit_bytes, read from

@@ -7,7 +7,7 @@ secs="${FUZZ_SECONDS:-60}"
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked --quiet
 fi
-for target in signature callback_parse command_parse render; do
+for target in signature callback_parse command_parse render stream_frame; do
   echo "fuzz: $target for ${secs}s"
   # Seeds are committed under corpus/<target>; new inputs go to a scratch dir.
   scratch="$(mktemp -d)"

@@ -149,6 +149,9 @@ pub async fn check(settings: &Settings, out: &mut impl Write) -> anyhow::Result<
             return Ok(false);
         }
     }
+    if dt.mode.holds_stream() {
+        ok &= check_stream(settings, client.http(), out).await?;
+    }
     match settings.reply.fallback {
         ReplyFallback::None => writeln!(
             out,
@@ -237,6 +240,134 @@ pub async fn check(settings: &Settings, out: &mut impl Write) -> anyhow::Result<
     }
     writeln!(out, "verdict: {}", if ok { "OK" } else { "FAIL" })?;
     Ok(ok)
+}
+
+/// Opens one Stream connection (`connections/open`, then the WebSocket) and closes it.
+async fn check_stream(
+    settings: &Settings,
+    http: &reqwest::Client,
+    out: &mut impl Write,
+) -> anyhow::Result<bool> {
+    let dialer = match crate::stream::Dialer::new(settings, http.clone()) {
+        Ok(d) => d,
+        Err(e) => {
+            writeln!(out, "  FAIL  Stream connection: {e}")?;
+            return Ok(false);
+        }
+    };
+    match dialer.dial().await {
+        Ok(mut ws) => {
+            let _ = ws.close(None).await;
+            writeln!(
+                out,
+                "  ok    Stream connection opened to {} (mode {:?}) and closed",
+                dialer.last_endpoint().unwrap_or_default(),
+                settings.dingtalk.mode
+            )?;
+            Ok(true)
+        }
+        Err(e) => {
+            let fix = match &e {
+                crate::stream::ConnectError::Open(crate::dingtalk::stream::OpenError::Refused(
+                    _,
+                )) => {
+                    "check app_key/app_secret, and that the robot's message mode is Stream in the developer console"
+                }
+                _ => {
+                    "check outbound HTTPS/WSS access to dingtalk.api_base and the gateway it names"
+                }
+            };
+            writeln!(out, "  FAIL  Stream connection: {e}\n        fix: {fix}")?;
+            Ok(false)
+        }
+    }
+}
+
+/// `dingbot simulate --stream`: pushes one robot message through a running sandbox's
+/// Stream gateway (to the dingbot connected to it) and prints the reply the sandbox's
+/// sessionWebhook received. `sandbox_url` is the sandbox's base URL.
+pub async fn simulate_stream(
+    sandbox_url: &str,
+    group: &str,
+    text: &str,
+    wait: Duration,
+    out: &mut impl Write,
+) -> anyhow::Result<bool> {
+    let base = sandbox_url.trim_end_matches('/');
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .context("building the HTTP client")?;
+    let session = format!("simulate-{}", uuid::Uuid::new_v4().simple());
+    writeln!(
+        out,
+        "push over the Stream gateway of {base} ({text:?} from group {group})"
+    )?;
+    let resp = http
+        .post(format!("{base}/_sandbox/stream/push"))
+        .json(&serde_json::json!({"group": group, "text": text, "session": session}))
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("the sandbox did not answer: {}", e.without_url()))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    if !status.is_success() {
+        writeln!(
+            out,
+            "the sandbox refused: HTTP {status} {body} (is dingbot connected in stream mode?)"
+        )?;
+        return Ok(false);
+    }
+    let message_id = body["messageId"].as_str().unwrap_or_default().to_string();
+    writeln!(out, "pushed frame {message_id}")?;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut acked = false;
+    while tokio::time::Instant::now() < deadline {
+        if !acked {
+            let acks: serde_json::Value = http
+                .get(format!("{base}/_sandbox/stream/acks"))
+                .query(&[("message_id", message_id.as_str())])
+                .send()
+                .await?
+                .json()
+                .await
+                .unwrap_or_default();
+            if let Some(ack) = acks.as_array().and_then(|a| a.first()) {
+                writeln!(
+                    out,
+                    "dingbot ACKed: code {} {}",
+                    ack["code"], ack["message"]
+                )?;
+                acked = true;
+            }
+        }
+        let got: serde_json::Value = http
+            .get(format!("{base}/_sandbox/messages"))
+            .query(&[("session", session.as_str())])
+            .send()
+            .await?
+            .json()
+            .await
+            .unwrap_or_default();
+        if let Some(reply) = got.as_array().and_then(|a| a.first()) {
+            let text = ["/markdown/text", "/text/content"]
+                .iter()
+                .find_map(|p| reply["body"].pointer(p).and_then(|t| t.as_str()))
+                .unwrap_or_default();
+            writeln!(out, "reply received:")?;
+            for line in text.lines() {
+                writeln!(out, "  │ {line}")?;
+            }
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    writeln!(
+        out,
+        "no reply within {} s: see dingbot's log",
+        wait.as_secs()
+    )?;
+    Ok(false)
 }
 
 /// Options of `dingbot simulate`.

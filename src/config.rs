@@ -36,7 +36,7 @@ const STRING_KEYS: [&str; 7] = [
 ];
 
 /// `(key, lowest, highest, note)` of every number with a range.
-const RANGES: [(&str, u64, u64, &str); 18] = [
+const RANGES: [(&str, u64, u64, &str); 25] = [
     ("server.body_limit_bytes", 1024, 16 * 1024 * 1024, ""),
     ("server.max_in_flight", 1, 1_000_000, ""),
     ("server.queue_wait_ms", 0, 10_000, " (0 = refuse at once)"),
@@ -75,6 +75,13 @@ const RANGES: [(&str, u64, u64, &str); 18] = [
     ("state.command_timeout_ms", 10, 10_000, ""),
     ("state.connect_timeout_ms", 10, 60_000, ""),
     ("state.lookup_lock_ms", 100, 120_000, ""),
+    ("stream.ping_interval_ms", 10, 600_000, ""),
+    ("stream.idle_timeout_ms", 50, 3_600_000, ""),
+    ("stream.backoff_base_ms", 1, 600_000, ""),
+    ("stream.backoff_max_ms", 1, 3_600_000, ""),
+    ("stream.healthy_after_ms", 0, 3_600_000, ""),
+    ("stream.refused_retry_ms", 1, 3_600_000, ""),
+    ("stream.max_frame_bytes", 1024, 16 * 1024 * 1024, ""),
 ];
 
 /// Everything dingbot needs to run, after validation.
@@ -101,6 +108,8 @@ pub struct Settings {
     pub state: StateSettings,
     /// Groups whose legacy `chatid` the admin knows (created through the server API).
     pub groups: Vec<GroupBinding>,
+    /// Timings and limits of the Stream connection (`dingtalk.mode` `stream` or `both`).
+    pub stream: StreamSettings,
 }
 
 /// `[server]`
@@ -177,6 +186,8 @@ pub struct DingTalkSettings {
     pub max_parallel_requests: NonZeroUsize,
     /// Which HTTP client POSTs replies.
     pub reply_client: ReplyClientChoice,
+    /// How robot messages arrive: HTTP callbacks, a Stream connection, or both.
+    pub mode: DingTalkMode,
 }
 
 impl Default for DingTalkSettings {
@@ -195,6 +206,7 @@ impl Default for DingTalkSettings {
             dedupe_capacity: 262_144,
             max_parallel_requests: NonZeroUsize::new(32).unwrap_or(NonZeroUsize::MIN),
             reply_client: ReplyClientChoice::Auto,
+            mode: DingTalkMode::Http,
         }
     }
 }
@@ -210,6 +222,67 @@ pub enum ReplyClientChoice {
     Direct,
     /// Always reqwest (the shared API client, proxy variables honoured).
     Reqwest,
+}
+
+/// `dingtalk.mode`: the doors robot messages come in through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DingTalkMode {
+    /// DingTalk POSTs callbacks to `server.callback_path` (needs a public HTTPS URL).
+    #[default]
+    Http,
+    /// dingbot holds an outbound WebSocket to DingTalk; the callback route is not served.
+    Stream,
+    /// Both doors (for moving from one to the other).
+    Both,
+}
+
+impl DingTalkMode {
+    /// Whether the HTTP callback route is served.
+    pub fn serves_http(self) -> bool {
+        matches!(self, DingTalkMode::Http | DingTalkMode::Both)
+    }
+
+    /// Whether a Stream connection is held.
+    pub fn holds_stream(self) -> bool {
+        matches!(self, DingTalkMode::Stream | DingTalkMode::Both)
+    }
+}
+
+/// `[stream]`: the Stream connection's timings (used when `dingtalk.mode` is `stream` or
+/// `both`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamSettings {
+    /// How often dingbot sends a WebSocket ping on an idle-or-not connection.
+    pub ping_interval_ms: u64,
+    /// The watchdog: a connection that brings no frame and no pong for this long is
+    /// treated as dead and replaced; `/readyz` also needs a sign of life within it.
+    pub idle_timeout_ms: u64,
+    /// First reconnect delay (full jitter: a random wait up to the current step).
+    pub backoff_base_ms: u64,
+    /// Largest reconnect step.
+    pub backoff_max_ms: u64,
+    /// A connection open at least this long resets the backoff to its base.
+    pub healthy_after_ms: u64,
+    /// Wait before asking again after DingTalk refused the credentials.
+    pub refused_retry_ms: u64,
+    /// Largest frame accepted; a bigger one ends (and replaces) the connection.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        StreamSettings {
+            ping_interval_ms: 30_000,
+            idle_timeout_ms: 90_000,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 60_000,
+            healthy_after_ms: 60_000,
+            refused_retry_ms: 300_000,
+            max_frame_bytes: 1024 * 1024,
+        }
+    }
 }
 
 /// An `http(s)://host[:port]` URL without query or fragment, checked when it is read.
@@ -620,6 +693,21 @@ impl Settings {
                 format!("{:?} is listed twice", s.name()),
             );
         }
+        let st = &self.stream;
+        if st.backoff_base_ms > st.backoff_max_ms {
+            let problem = format!(
+                "must not be below stream.backoff_base_ms ({})",
+                st.backoff_base_ms
+            );
+            return fail("stream.backoff_max_ms", problem);
+        }
+        if st.ping_interval_ms >= st.idle_timeout_ms {
+            let problem = format!(
+                "must be above stream.ping_interval_ms ({}): a ping has to be answered within it",
+                st.ping_interval_ms
+            );
+            return fail("stream.idle_timeout_ms", problem);
+        }
         if self
             .reply
             .robot_code
@@ -788,6 +876,44 @@ mod tests {
 app_key = "dingkey"
 app_secret = "s3cret-value"
 "#;
+
+    #[test]
+    fn stream_mode_and_timings() {
+        let s = Settings::from_toml_str(MINIMAL).unwrap();
+        assert_eq!(s.dingtalk.mode, DingTalkMode::Http);
+        assert!(s.dingtalk.mode.serves_http() && !s.dingtalk.mode.holds_stream());
+        assert_eq!(s.stream.idle_timeout_ms, 90_000);
+        assert_eq!(
+            (s.stream.backoff_base_ms, s.stream.backoff_max_ms),
+            (1_000, 60_000)
+        );
+
+        let env = [
+            ("DINGBOT_DINGTALK__APP_KEY", "k"),
+            ("DINGBOT_DINGTALK__APP_SECRET", "s"),
+            ("DINGBOT_DINGTALK__MODE", "stream"),
+            ("DINGBOT_STREAM__IDLE_TIMEOUT_MS", "500"),
+            ("DINGBOT_STREAM__PING_INTERVAL_MS", "100"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let s = Settings::load_with_env(None, env).unwrap();
+        assert_eq!(s.dingtalk.mode, DingTalkMode::Stream);
+        assert!(!s.dingtalk.mode.serves_http() && s.dingtalk.mode.holds_stream());
+        assert_eq!(s.stream.idle_timeout_ms, 500);
+
+        let bad = |extra: &str| {
+            Settings::from_toml_str(&format!("{MINIMAL}{extra}"))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad("mode = \"carrier-pigeon\"").contains("dingtalk.mode"));
+        let e = bad("[stream]\nbackoff_base_ms = 5000\nbackoff_max_ms = 1000");
+        assert!(e.contains("stream.backoff_max_ms"), "{e}");
+        let e = bad("[stream]\nping_interval_ms = 1000\nidle_timeout_ms = 1000");
+        assert!(e.contains("stream.idle_timeout_ms"), "{e}");
+        let e = bad("[stream]\nmax_frame_bytes = 10");
+        assert!(e.contains("stream.max_frame_bytes"), "{e}");
+    }
 
     #[test]
     fn minimal_file_gets_documented_defaults() {

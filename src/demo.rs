@@ -308,13 +308,26 @@ const SCENES: [Scene; 10] = [
 
 /// Runs the scripted demo, printing to `out`.
 pub async fn run(lang: Language, out: &mut (impl Write + Send)) -> anyhow::Result<()> {
+    run_with(lang, false, out).await
+}
+
+/// Runs the scripted demo over HTTP callbacks, or (`stream`) over a Stream connection to
+/// the sandbox's gateway: the same conversation through the other door.
+pub async fn run_with(
+    lang: Language,
+    stream: bool,
+    out: &mut (impl Write + Send),
+) -> anyhow::Result<()> {
     let org = Org::demo();
     let secret = org.app_secret.clone();
     let sandbox = Sandbox::start(org.clone())
         .await
         .context("starting the sandbox")?;
     let per_minute = 5;
-    let settings = sandbox_settings(&sandbox, &org, lang, per_minute)?;
+    let mut settings = sandbox_settings(&sandbox, &org, lang, per_minute)?;
+    if stream {
+        settings.dingtalk.mode = crate::config::DingTalkMode::Stream;
+    }
     let app = Application::build(&settings)
         .await
         .context("starting dingbot")?;
@@ -322,19 +335,59 @@ pub async fn run(lang: Language, out: &mut (impl Write + Send)) -> anyhow::Resul
     let stop = app.shutdown_trigger();
     let server = tokio::spawn(app.run_until_stopped());
     let http = reqwest::Client::new();
+    let gateway = sandbox.gateway();
 
-    writeln!(
-        out,
-        "dingbot demo: dingbot on {url}, fake DingTalk on {}",
-        sandbox.base_url()
-    )?;
-    writeln!(
-        out,
-        "Every step below is a real signed HTTP callback; the replies are what the sandbox's sessionWebhook received.\n"
-    )?;
+    if stream {
+        let connected = gateway
+            .wait_until(Duration::from_secs(10), |g| g.open_connections() > 0)
+            .await;
+        anyhow::ensure!(connected, "dingbot did not open a Stream connection");
+        writeln!(
+            out,
+            "dingbot demo --stream: dingbot holds a WebSocket to the fake DingTalk's Stream gateway on {} (no callback URL)",
+            sandbox.base_url()
+        )?;
+        writeln!(
+            out,
+            "Every step below is a robot message pushed over that WebSocket; dingbot ACKs it and replies through the sessionWebhook.\n"
+        )?;
+    } else {
+        writeln!(
+            out,
+            "dingbot demo: dingbot on {url}, fake DingTalk on {}",
+            sandbox.base_url()
+        )?;
+        writeln!(
+            out,
+            "Every step below is a real signed HTTP callback; the replies are what the sandbox's sessionWebhook received.\n"
+        )?;
+    }
 
     let mut step = 0;
     for scene in &SCENES {
+        if stream && scene.forged {
+            // No signature in Stream mode: show what a bad frame does instead.
+            step += 1;
+            writeln!(
+                out,
+                "── {step}. a malformed frame and a frame of a topic dingbot does not handle"
+            )?;
+            gateway.push_raw("{not a frame".into());
+            let id = gateway
+                .push_frame("EVENT", "*", "{}")
+                .context("no Stream connection")?;
+            gateway
+                .wait_until(Duration::from_secs(5), |g| !g.acks_for(&id).is_empty())
+                .await;
+            let code = gateway.acks_for(&id).first().map_or(0, |a| a.code);
+            writeln!(
+                out,
+                "   the malformed frame is counted and ignored; the EVENT frame is answered {code}; still {} connection(s), {} opened in all\n",
+                gateway.open_connections(),
+                gateway.connections().len()
+            )?;
+            continue;
+        }
         step += 1;
         match scene.before {
             Before::Nothing => {}
@@ -370,10 +423,27 @@ pub async fn run(lang: Language, out: &mut (impl Write + Send)) -> anyhow::Resul
         } else {
             secret.as_str()
         };
-        let resp = cb.send(&http, &url, key).await?;
-        let status = resp.status();
-        let body = resp.text().await.unwrap_or_default();
-        writeln!(out, "   HTTP {status} {body}")?;
+        if stream {
+            let id = gateway
+                .push_payload(&cb.body)
+                .context("no Stream connection")?;
+            gateway
+                .wait_until(Duration::from_secs(5), |g| !g.acks_for(&id).is_empty())
+                .await;
+            match gateway.acks_for(&id).first() {
+                Some(ack) => writeln!(
+                    out,
+                    "   Stream frame {id}: ACK {} {}",
+                    ack.code, ack.body["message"]
+                )?,
+                None => writeln!(out, "   Stream frame {id}: no ACK")?,
+            }
+        } else {
+            let resp = cb.send(&http, &url, key).await?;
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            writeln!(out, "   HTTP {status} {body}")?;
+        }
         // A forged callback must get no reply: wait a second to show that none comes.
         let (expect, wait) = if scene.forged { (0, 1) } else { (1, 10) };
         let got =
@@ -398,7 +468,12 @@ pub async fn run(lang: Language, out: &mut (impl Write + Send)) -> anyhow::Resul
             &sandbox.webhook_url(&session),
         );
         let (http, url, secret) = (http.clone(), url.clone(), secret.clone());
+        let gateway = gateway.clone();
         async move {
+            if stream {
+                let pushed = gateway.push_payload(&cb.body).is_some();
+                return Ok(if pushed { 200 } else { 0 });
+            }
             cb.send(&http, &url, &secret)
                 .await
                 .map(|r| r.status().as_u16())
@@ -406,7 +481,14 @@ pub async fn run(lang: Language, out: &mut (impl Write + Send)) -> anyhow::Resul
     });
     let statuses = futures_util::future::join_all(sends).await;
     let ok = statuses.iter().filter(|s| matches!(s, Ok(200))).count();
-    writeln!(out, "   {ok}/{burst} callbacks answered HTTP 200")?;
+    if stream {
+        writeln!(
+            out,
+            "   {ok}/{burst} robot messages pushed over the Stream connection"
+        )?;
+    } else {
+        writeln!(out, "   {ok}/{burst} callbacks answered HTTP 200")?;
+    }
     let got = wait_for_session(
         &sandbox,
         &session,

@@ -8,6 +8,7 @@
 //!
 //! - [`config`]: typed settings from a TOML file and `DINGBOT_*` variables, validated.
 //! - [`startup`]: composes the service, owns background upkeep and the one shutdown path.
+//! - [`stream`]: the Stream door: an outbound WebSocket to DingTalk into the same pipeline.
 //! - [`http`]: the HTTP door: routes (callback, health, readiness, metrics), status mapping.
 //! - [`pipeline`]: the transport-neutral callback path: admit → respond → deliver.
 //! - [`clock`]: the wall clock in DingTalk's unit (ms since the epoch).
@@ -39,4 +40,5 @@ pub mod seen;
 pub mod startup;
 pub mod state;
 pub mod store;
+pub mod stream;
 pub mod telemetry;

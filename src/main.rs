@@ -28,6 +28,9 @@ enum Command {
         /// Reply language.
         #[arg(long, default_value = "zh", value_parser = ["zh", "en"])]
         lang: String,
+        /// Receive the messages over a Stream connection (WebSocket) instead of HTTP.
+        #[arg(long)]
+        stream: bool,
     },
     /// Check a configuration against DingTalk: token, every group, every permission.
     Check {
@@ -41,8 +44,13 @@ enum Command {
         #[arg(long)]
         url: String,
         /// The app secret dingbot verifies with (or set DINGBOT_DINGTALK__APP_SECRET).
-        #[arg(long, env = "DINGBOT_DINGTALK__APP_SECRET", hide_env_values = true)]
-        secret: String,
+        #[arg(
+            long,
+            env = "DINGBOT_DINGTALK__APP_SECRET",
+            hide_env_values = true,
+            required_unless_present = "stream"
+        )]
+        secret: Option<String>,
         /// conversationId (openConversationId) the message comes from.
         #[arg(long, default_value = "cidBound0001==")]
         group: String,
@@ -58,6 +66,11 @@ enum Command {
         /// Seconds to wait for the reply.
         #[arg(long, default_value_t = 10)]
         wait_secs: u64,
+        /// Push the message through the Stream gateway of a running `dingbot sandbox`
+        /// instead; --url is then the sandbox's base URL (e.g. http://127.0.0.1:9700) and
+        /// no secret is needed.
+        #[arg(long)]
+        stream: bool,
     },
     /// Run only the fake DingTalk (for benchmarks and manual testing).
     Sandbox {
@@ -117,14 +130,14 @@ async fn main() -> ExitCode {
                 }
             }
         }
-        Command::Demo { lang } => {
+        Command::Demo { lang, stream } => {
             let lang = if lang == "en" {
                 Language::En
             } else {
                 Language::Zh
             };
             let mut out = std::io::stdout();
-            match dingbot::demo::run(lang, &mut out).await {
+            match dingbot::demo::run_with(lang, stream, &mut out).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("dingbot demo failed: {e:#}");
@@ -147,10 +160,18 @@ async fn main() -> ExitCode {
             webhook,
             sink_listen,
             wait_secs,
+            stream,
         } => {
+            if stream {
+                let wait = std::time::Duration::from_secs(wait_secs);
+                let mut out = std::io::stdout();
+                return verdict(
+                    dingbot::admin::simulate_stream(&url, &group, &text, wait, &mut out).await,
+                );
+            }
             let opts = dingbot::admin::SimulateOptions {
                 url,
-                secret,
+                secret: secret.unwrap_or_default(),
                 group,
                 text,
                 webhook,

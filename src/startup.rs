@@ -26,6 +26,7 @@ use crate::render::Renderer;
 use crate::state::Redis;
 use crate::state::cache::SharedGroups;
 use crate::store::BindingStore;
+use crate::stream::{Dialer, StreamDoor, StreamStatus};
 
 /// How long an HTTP client has to close its side once dingbot closed the connection.
 const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -84,6 +85,18 @@ pub struct Application {
     background: tokio::task::JoinHandle<()>,
     /// Cancelled to shut down gracefully, as SIGTERM does.
     shutdown: CancellationToken,
+    /// The Stream door, when `dingtalk.mode` holds one.
+    stream: Option<StreamTask>,
+}
+
+/// The running Stream door.
+struct StreamTask {
+    /// Its connection loop.
+    task: tokio::task::JoinHandle<()>,
+    /// Cancelled at shutdown: stop reading, close the socket.
+    stop: CancellationToken,
+    /// Its state.
+    status: Arc<StreamStatus>,
 }
 
 /// The DingTalk side: the API client and the reply sender, sharing one pooled reqwest
@@ -304,13 +317,28 @@ impl Application {
             queue_wait: Duration::from_millis(settings.server.queue_wait_ms),
         }));
         let dt = &settings.dingtalk;
-        let state = web::Data::new(AppState::new(
+        let mut state = AppState::new(
             Verifier::new(&dt.app_secret, dt.max_clock_skew_secs),
             pipeline.clone(),
             client.clone(),
             settings.server.body_limit_bytes,
             Duration::from_millis(settings.server.read_timeout_ms),
-        ));
+        );
+        // The second door: spawned on this runtime, which lives until the drain is done.
+        let stream = if dt.mode.holds_stream() {
+            let dialer =
+                Dialer::new(settings, client.http().clone()).map_err(StartupError::Http)?;
+            let door = StreamDoor::new(pipeline.clone(), dialer, &settings.stream);
+            let status = door.status();
+            let check = status.clone();
+            state = state.with_readiness_check(Arc::new(move || check.readiness()));
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(door.run(stop.clone()));
+            Some(StreamTask { task, stop, status })
+        } else {
+            None
+        };
+        let state = web::Data::new(state);
         let (port, server) = http_server(settings, listener, state.clone())?;
 
         // Learn openConversationIds of [[groups]] without one; then keep admission state
@@ -341,7 +369,13 @@ impl Application {
             grace: Duration::from_secs(settings.server.shutdown_grace_secs),
             background,
             shutdown: CancellationToken::new(),
+            stream,
         })
+    }
+
+    /// The Stream connection's state (when `dingtalk.mode` is `stream` or `both`).
+    pub fn stream_status(&self) -> Option<Arc<StreamStatus>> {
+        self.stream.as_ref().map(|s| s.status.clone())
     }
 
     /// The bound port.
@@ -373,8 +407,12 @@ impl Application {
         let mut server = tokio::spawn(self.server);
         let trigger = self.shutdown.clone();
         let pipeline = self.state.pipeline.clone();
+        let mut stream = self.stream;
         let result = tokio::select! {
             joined = &mut server => {
+                if let Some(stream) = &stream {
+                    stream.stop.cancel();
+                }
                 if pipeline.pending_replies() > 0 {
                     tracing::warn!(
                         pending = pipeline.pending_replies(),
@@ -391,12 +429,22 @@ impl Application {
             } => {
                 let deadline = tokio::time::Instant::now() + self.grace;
                 tracing::info!("shutdown requested: no longer accepting callbacks; finishing replies");
+                // The Stream door stops reading and closes its socket; what it admitted
+                // holds slots, so the drain below covers it too.
+                if let Some(stream) = &stream {
+                    stream.stop.cancel();
+                }
                 handle.pause().await;
                 if !pipeline.drain(deadline).await {
                     tracing::warn!(
                         pending = pipeline.pending_replies(),
                         "grace period over with replies still pending"
                     );
+                }
+                if let Some(stream) = &mut stream
+                    && tokio::time::timeout_at(deadline, &mut stream.task).await.is_err()
+                {
+                    tracing::warn!("the Stream connection did not close within the grace period");
                 }
                 // What is left are idle keep-alive connections and quick requests (probes,
                 // refusals): a short graceful stop if the deadline allows, else a hard one.
@@ -417,6 +465,9 @@ impl Application {
             }
         };
         pipeline.close();
+        if let Some(stream) = stream {
+            stream.task.abort();
+        }
         self.background.abort();
         // Nothing is admitted any more: keep the replay and dedupe records for the next
         // start.
@@ -441,10 +492,14 @@ fn http_server(
     };
     let port = listener.local_addr().map_err(bind_error)?.port();
     let callback_path = settings.server.callback_path.clone();
+    let serves_http = settings.dingtalk.mode.serves_http();
     let mut server = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
-            .configure(crate::http::routes(&callback_path))
+        let app = App::new().app_data(state.clone());
+        if serves_http {
+            app.configure(crate::http::routes(&callback_path))
+        } else {
+            app.configure(crate::http::probe_routes)
+        }
     })
     // Used only after the replies are drained, for what is left.
     .shutdown_timeout(WORKER_STOP_TIMEOUT.as_secs())

@@ -280,6 +280,81 @@ pub fn clock_skew(skew_ms: i64) {
     gauge!("dingbot_clock_skew_seconds").set(skew_ms as f64 / 1000.0);
 }
 
+/// The Stream door's metrics, registered once per connection loop (the frame counters are
+/// on its hot path, so they are looked up once, not per frame).
+pub struct StreamMetrics {
+    frames: [metrics::Counter; STREAM_FRAMES.len()],
+    acks: [metrics::Counter; STREAM_ACKS.len()],
+    connected: metrics::Gauge,
+    ping_rtt: metrics::Histogram,
+}
+
+/// Frame labels of `dingbot_stream_frames_total`.
+const STREAM_FRAMES: [&str; 9] = [
+    "callback",
+    "ping",
+    "disconnect",
+    "unsupported",
+    "malformed",
+    "bad_data",
+    "duplicate",
+    "oversize",
+    "binary",
+];
+/// Code labels of `dingbot_stream_acks_total`.
+const STREAM_ACKS: [&str; 2] = ["200", "404"];
+
+impl StreamMetrics {
+    /// Registers (or finds) the Stream metrics.
+    pub fn new() -> StreamMetrics {
+        StreamMetrics {
+            frames: STREAM_FRAMES.map(|t| counter!("dingbot_stream_frames_total", "type" => t)),
+            acks: STREAM_ACKS.map(|c| counter!("dingbot_stream_acks_total", "code" => c)),
+            connected: gauge!("dingbot_stream_connected"),
+            ping_rtt: histogram!("dingbot_stream_ping_rtt_seconds"),
+        }
+    }
+
+    /// Counts a frame by type: `callback`, `ping`, `disconnect`, `unsupported`,
+    /// `malformed`, `bad_data`, `duplicate`, `oversize`, `binary`.
+    pub fn frame(&self, kind: &'static str) {
+        match STREAM_FRAMES.iter().position(|k| *k == kind) {
+            Some(i) => self.frames[i].increment(1),
+            None => counter!("dingbot_stream_frames_total", "type" => kind).increment(1),
+        }
+    }
+
+    /// Counts an answer written back (`200` or `404`).
+    pub fn ack(&self, code: &'static str) {
+        match STREAM_ACKS.iter().position(|c| *c == code) {
+            Some(i) => self.acks[i].increment(1),
+            None => counter!("dingbot_stream_acks_total", "code" => code).increment(1),
+        }
+    }
+
+    /// Sets the connection state: 1 while a connection is open.
+    pub fn connected(&self, open: bool) {
+        self.connected.set(if open { 1.0 } else { 0.0 });
+    }
+
+    /// Records a WebSocket ping's round trip.
+    pub fn ping_rtt(&self, rtt: Duration) {
+        self.ping_rtt.record(rtt.as_secs_f64());
+    }
+
+    /// Counts a reconnect by cause (`disconnect`, `dropped`, `watchdog`, `error`,
+    /// `refused`, `unavailable`, `oversize`).
+    pub fn reconnect(&self, cause: &'static str) {
+        counter!("dingbot_stream_reconnects_total", "cause" => cause).increment(1);
+    }
+}
+
+impl Default for StreamMetrics {
+    fn default() -> Self {
+        StreamMetrics::new()
+    }
+}
+
 /// Refusal log lines allowed per second; the rest are counted and summarised.
 const REFUSAL_LOGS_PER_SECOND: u64 = 20;
 static REFUSAL_SECOND: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

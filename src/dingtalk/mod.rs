@@ -16,6 +16,7 @@ pub mod outbound;
 pub mod reply_http;
 pub mod sender;
 pub mod signature;
+pub mod stream;
 pub mod transport;
 
 pub use crate::config::ReplyClientChoice;

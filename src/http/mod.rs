@@ -12,11 +12,16 @@ use actix_web::{HttpResponse, web};
 /// Registers every route on an actix `App`.
 pub fn routes(callback_path: &str) -> impl FnOnce(&mut web::ServiceConfig) + '_ {
     move |cfg: &mut web::ServiceConfig| {
-        cfg.route(callback_path, web::post().to(callback::callback))
-            .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz))
-            .route("/metrics", web::get().to(metrics));
+        cfg.route(callback_path, web::post().to(callback::callback));
+        probe_routes(cfg);
     }
+}
+
+/// Registers `/healthz`, `/readyz` and `/metrics` only (Stream mode: no callback route).
+pub fn probe_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics));
 }
 
 /// Liveness: the process answers.

@@ -27,7 +27,12 @@ pub struct AppState {
     readiness_failure: std::sync::Mutex<Option<(Instant, String)>>,
     /// Source of request ids for logs.
     request_ids: AtomicU64,
+    /// A further readiness condition (the Stream connection, when one is held).
+    extra_readiness: Option<ReadinessCheck>,
 }
+
+/// A readiness condition besides the token: Ok, or the reason.
+pub type ReadinessCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 impl AppState {
     /// The door's state around `pipeline`.
@@ -46,7 +51,14 @@ impl AppState {
             read_timeout,
             readiness_failure: std::sync::Mutex::new(None),
             request_ids: AtomicU64::new(0),
+            extra_readiness: None,
         }
+    }
+
+    /// Adds a readiness condition, checked before the token.
+    pub fn with_readiness_check(mut self, check: ReadinessCheck) -> AppState {
+        self.extra_readiness = Some(check);
+        self
     }
 
     /// Whether a callback with this msgId was accepted within the window.
@@ -66,6 +78,9 @@ impl AppState {
 
     /// Ok when an access token can be had; the reason otherwise.
     pub async fn readiness(&self) -> Result<(), String> {
+        if let Some(check) = &self.extra_readiness {
+            check()?;
+        }
         let remembered = |state: &AppState| {
             state
                 .readiness_failure

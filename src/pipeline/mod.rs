@@ -90,6 +90,14 @@ pub struct Job {
     pub task: Task,
 }
 
+impl Job {
+    /// Whether this job sends the slow-down notice rather than an answer (doors count it
+    /// without knowing the bot's types).
+    pub fn is_slow_down(&self) -> bool {
+        matches!(self.task, Task::SlowDown { .. })
+    }
+}
+
 /// An in-flight slot: held from admission until the reply is out.
 #[derive(Debug)]
 pub struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);

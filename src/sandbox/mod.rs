@@ -20,6 +20,7 @@
 mod admin;
 mod api;
 mod faults;
+mod gateway;
 mod org;
 mod state;
 
@@ -35,6 +36,7 @@ use actix_web::{App, HttpServer, web};
 use tokio::sync::watch;
 
 pub use faults::{Endpoint, Fault, NO_PERMISSION_ERRCODE, UnknownEndpoint};
+pub use gateway::{Ack, ConnectionInfo, Gateway, bot_frame, robot_payload};
 pub use org::{Access, Group, Org, User};
 pub use state::{MESSAGE_CAPACITY, SentMessage};
 
@@ -55,6 +57,7 @@ pub struct Sandbox {
 #[derive(Debug)]
 struct Inner {
     state: web::Data<State>,
+    gateway: web::Data<gateway::GatewayState>,
     addr: SocketAddr,
     handle: ServerHandle,
     /// Becomes `true` when the server future has finished.
@@ -94,12 +97,18 @@ impl Sandbox {
         workers: usize,
     ) -> std::io::Result<Sandbox> {
         let addr = listener.local_addr()?;
+        let gateway = web::Data::new(gateway::GatewayState::new(&org.app_key, &org.app_secret));
+        gateway.set_base_url(format!("http://{addr}"));
         let state = web::Data::new(State::new(org));
         let app_state = state.clone();
+        let app_gateway = gateway.clone();
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
+                .app_data(app_gateway.clone())
                 .app_data(web::PayloadConfig::new(MAX_BODY))
+                // Before the admin scope, which would otherwise take /_sandbox/stream/*.
+                .configure(gateway::configure)
                 .configure(api::configure)
                 .configure(admin::configure)
                 .default_service(web::to(api::not_found))
@@ -123,11 +132,19 @@ impl Sandbox {
         Ok(Sandbox {
             inner: Arc::new(Inner {
                 state,
+                gateway,
                 addr,
                 handle,
                 finished,
             }),
         })
+    }
+
+    /// The Stream gateway (protocol doc §7) on this sandbox's port.
+    pub fn gateway(&self) -> Gateway {
+        Gateway {
+            state: self.inner.gateway.clone(),
+        }
     }
 
     /// The address the server listens on.

@@ -23,5 +23,6 @@ mod replicas;
 mod restart;
 mod shapes;
 mod stalls;
+mod stream;
 mod throttle;
 mod token;
