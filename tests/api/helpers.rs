@@ -475,3 +475,18 @@ fn parse_response(buf: &[u8]) -> Option<Answer> {
         text: String::from_utf8_lossy(body).to_string(),
     })
 }
+
+/// Sends distinct messages under one (timestamp, sign) pair until dingbot refuses one;
+/// returns how many it accepted.
+pub async fn spend(app: &TestApp, ts: &str, sign: &str) -> usize {
+    for accepted in 0..1000 {
+        let out = app.group_text(&unique("cidSpend"), "/help");
+        let answer = app.post_with_signature(ts, sign, &out.body).await;
+        if answer.status != 200 {
+            answer.assert_refused(401, "replayed");
+            return accepted;
+        }
+        answer.assert_accepted();
+    }
+    panic!("a signature pair carried 1000 messages");
+}

@@ -9,7 +9,7 @@ use dingbot::sandbox::Org;
 use serde_json::json;
 
 use crate::helpers::{
-    BOUND, TestApp, fresh_signature, spawn_app, spawn_app_on, temp_data_dir, unique,
+    BOUND, TestApp, fresh_signature, spawn_app, spawn_app_on, spend, temp_data_dir,
 };
 
 /// The demo settings on `data_dir`.
@@ -18,21 +18,6 @@ fn settings_on(app: &TestApp, data_dir: std::path::PathBuf) -> Settings {
         sandbox_settings(&app.sandbox, &Org::demo(), Language::Zh, 100).expect("settings");
     settings.storage.data_dir = data_dir;
     settings
-}
-
-/// Sends distinct messages under one pair until one is refused; returns how many were
-/// accepted.
-async fn spend(app: &TestApp, ts: &str, sign: &str) -> usize {
-    for accepted in 0..1000 {
-        let out = app.group_text(&unique("cidSpend"), "/help");
-        let answer = app.post_with_signature(ts, sign, &out.body).await;
-        if answer.status != 200 {
-            answer.assert_refused(401, "replayed");
-            return accepted;
-        }
-        answer.assert_accepted();
-    }
-    panic!("a signature pair carried 1000 messages");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

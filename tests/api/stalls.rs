@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{BOUND, TestApp, fresh_signature, spawn_app, spawn_app_with, unique};
+use crate::helpers::{BOUND, TestApp, fresh_signature, spawn_app, spawn_app_with, spend};
 
 /// A request head for the callback path with `headers`, ending the head.
 fn head(headers: &[(&str, &str)]) -> String {
@@ -42,21 +42,6 @@ async fn answer_then_close(s: &mut TcpStream, within: Duration) -> (u16, Duratio
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no HTTP response before the close: {text:?}"));
     (status, started.elapsed())
-}
-
-/// Sends distinct messages under one (timestamp, sign) pair until dingbot refuses one;
-/// returns how many it accepted.
-async fn spend(app: &TestApp, ts: &str, sign: &str) -> usize {
-    for accepted in 0..1000 {
-        let out = app.group_text(&unique("cidSpend"), "/help");
-        let answer = app.post_with_signature(ts, sign, &out.body).await;
-        if answer.status != 200 {
-            answer.assert_refused(401, "replayed");
-            return accepted;
-        }
-        answer.assert_accepted();
-    }
-    panic!("a signature pair carried 1000 messages");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
