@@ -13,7 +13,9 @@ use anyhow::Context;
 use crate::clock::now_ms;
 use crate::config::{Language, Settings};
 use crate::dingtalk::signature::sign;
-use crate::sandbox::{Endpoint, Fault, Group, NO_PERMISSION_ERRCODE, Org, Sandbox, SentMessage};
+use crate::sandbox::{
+    Endpoint, Fault, Group, NO_PERMISSION_ERRCODE, Org, Sandbox, SentMessage, robot_payload,
+};
 use crate::startup::Application;
 
 /// A callback as DingTalk would send it, ready to sign and POST.
@@ -32,28 +34,8 @@ impl SignedCallback {
         msg_id: &str,
         webhook: &str,
     ) -> SignedCallback {
-        let now = now_ms();
         SignedCallback {
-            body: serde_json::json!({
-                "conversationId": conversation_id,
-                "atUsers": [{"dingtalkId": "$:LWCP_v1:$robot"}],
-                "chatbotUserId": "$:LWCP_v1:$robot",
-                "msgId": msg_id,
-                "senderNick": "小钉",
-                "isAdmin": false,
-                "senderStaffId": "16650000698",
-                "sessionWebhookExpiredTime": now + 5_400_000,
-                // DingTalk's field table types it String (its examples use a number, as
-                // the fixtures in tests/fixtures do): both shapes reach dingbot.
-                "createAt": now.to_string(),
-                "conversationType": "2",
-                "senderId": "$:LWCP_v1:$sender",
-                "conversationTitle": title,
-                "isInAtList": true,
-                "sessionWebhook": webhook,
-                "text": {"content": format!(" {text}")},
-                "msgtype": "text",
-            }),
+            body: robot_payload(conversation_id, title, text, msg_id, webhook),
         }
     }
 

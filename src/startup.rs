@@ -34,6 +34,9 @@ const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const WORKER_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often admission state is swept and the gauges refreshed.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(30);
+/// How often the metrics' histogram samples are folded into buckets (the exporter holds
+/// them until then: at 8,000 replies/s, 30 s of samples would be about 4 MB).
+const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// A failure to start.
 #[derive(Debug, thiserror::Error)]
@@ -341,8 +344,8 @@ impl Application {
         let state = web::Data::new(state);
         let (port, server) = http_server(settings, listener, state.clone())?;
 
-        // Learn openConversationIds of [[groups]] without one; then keep admission state
-        // and the gauges up to date.
+        // Learn openConversationIds of [[groups]] without one; then keep admission state,
+        // the gauges and the metrics' histograms up to date.
         // With Redis: the health watch and the bindings' import run beside them.
         let background = tokio::spawn(async move {
             let upkeep = async {
@@ -353,8 +356,18 @@ impl Application {
                     pipeline.maintain().await;
                 }
             };
+            let metrics = async {
+                let mut tick = tokio::time::interval(METRICS_UPKEEP_EVERY);
+                loop {
+                    tick.tick().await;
+                    crate::telemetry::upkeep();
+                }
+            };
+            let upkeep = async { tokio::join!(upkeep, metrics) };
             match shared {
-                None => upkeep.await,
+                None => {
+                    upkeep.await;
+                }
                 Some(parts) => {
                     let import = share_bindings(parts.groups, store, groups.clone(), configured);
                     tokio::join!(upkeep, parts.admission.watch(), import);

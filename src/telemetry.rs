@@ -80,6 +80,15 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
         })
 }
 
+/// Folds the histogram samples recorded since the last call into their buckets. The
+/// exporter keeps every sample until then (8 bytes and more per API call and reply), so
+/// this runs every few seconds whether or not anyone scrapes `/metrics`.
+pub fn upkeep() {
+    if let Some(h) = prometheus() {
+        h.run_upkeep();
+    }
+}
+
 /// Renders every metric in Prometheus text format.
 pub fn render_metrics() -> String {
     match prometheus() {

@@ -49,6 +49,9 @@ pub struct BotOptions {
     pub admin_user_ids: Vec<String>,
     /// `bot.inline_mention`: also write `@userid` into the text.
     pub inline_mention: bool,
+    /// Group lookups (cache misses) running at once: `dingtalk.max_parallel_requests`,
+    /// as many as API calls may be on the wire.
+    pub max_lookups: usize,
 }
 
 impl BotOptions {
@@ -63,6 +66,7 @@ impl BotOptions {
             denied_backoff: Duration::from_secs(settings.group_info.denied_backoff_secs),
             admin_user_ids: settings.bot.admin_user_ids.clone(),
             inline_mention: settings.bot.inline_mention,
+            max_lookups: settings.dingtalk.max_parallel_requests.get(),
         }
     }
 }
@@ -91,6 +95,11 @@ pub struct Bot {
     /// The group-info cache and bindings shared by replicas (Redis backend); None = this
     /// process alone.
     shared: Option<Shared>,
+    /// Turns for group lookups. A lookup's future is several KB (the resolver chain and
+    /// its HTTP calls); callbacks beyond the turns wait in a future of a few dozen bytes,
+    /// so a cold start with a thousand groups does not hold a thousand resolver futures
+    /// (7 MB measured, `bench/README.md` › Memory).
+    lookups: tokio::sync::Semaphore,
 }
 
 /// How long a replica keeps its own copy of a summary when replicas share the cache: a
@@ -373,6 +382,7 @@ impl Bot {
             inline_mention: options.inline_mention,
             info_cache,
             shared: None,
+            lookups: tokio::sync::Semaphore::new(options.max_lookups.max(1)),
         }
     }
 
@@ -571,8 +581,14 @@ impl Bot {
                 Ok(Ok(looked))
             }
             None => {
-                let resolve = self.summary(&cb.conversation_id, cb.conversation_title.as_deref());
-                tokio::time::timeout(self.lookup_deadline, Box::pin(resolve)).await
+                let resolve = async {
+                    // Never closed; without a turn the lookup would still be bounded by
+                    // the API call cap.
+                    let _turn = self.lookups.acquire().await.ok();
+                    let title = cb.conversation_title.as_deref();
+                    Box::pin(self.summary(&cb.conversation_id, title)).await
+                };
+                tokio::time::timeout(self.lookup_deadline, resolve).await
             }
         };
         match lookup {
@@ -804,6 +820,7 @@ mod tests {
                 denied_backoff: Duration::ZERO,
                 admin_user_ids: Vec::new(),
                 inline_mention: false,
+                max_lookups: 1,
             },
         );
         let reply = bot.respond(&cb, Task::Answer).await;

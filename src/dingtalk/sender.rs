@@ -329,7 +329,9 @@ impl ReplySender {
                 let result = async {
                     // Held per attempt only, never while backing off.
                     let _slot = self.slots.acquire().await;
-                    let (status, answer) = self.http.post_json(webhook, body).await?;
+                    // Boxed once the turn is here: a reply waiting for a connection is
+                    // then a few hundred bytes, not the whole HTTP exchange's state.
+                    let (status, answer) = Box::pin(self.http.post_json(webhook, body)).await?;
                     transport::oapi_answer::<Ack>(Endpoint::SendBySession, status, &answer)
                 }
                 .await;

@@ -255,7 +255,8 @@ fn webhook(base: &str, session: &str) -> String {
     format!("{base}/robot/sendBySession?session={encoded}")
 }
 
-/// A group text message as DingTalk's robot payload (§1).
+/// A group text message from user `16650000698` as DingTalk's robot payload (§1): what the
+/// gateway pushes over Stream and what `demo::SignedCallback` signs and POSTs.
 pub fn robot_payload(cid: &str, title: &str, text: &str, msg_id: &str, webhook: &str) -> Value {
     let now = now_ms();
     json!({
@@ -267,7 +268,9 @@ pub fn robot_payload(cid: &str, title: &str, text: &str, msg_id: &str, webhook: 
         "isAdmin": false,
         "senderStaffId": "16650000698",
         "sessionWebhookExpiredTime": now + 5_400_000,
-        "createAt": now,
+        // DingTalk's field table types it String (its examples use a number, as the
+        // fixtures in tests/fixtures do): both shapes reach dingbot.
+        "createAt": now.to_string(),
         "conversationType": "2",
         "senderId": "$:LWCP_v1:$sender",
         "conversationTitle": title,
