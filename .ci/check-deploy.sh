@@ -101,22 +101,18 @@ PY
 
 # ---------------------------------------------------------------- dingbot's built-in defaults
 # The proxies' body limits must equal dingbot's own default server.body_limit_bytes, read from
-# defaults() in src/config.rs (the source of truth), not from a copy of it here.
+# the `section!` in src/config.rs (the source of truth), not from a copy of it here.
 BODY_LIMIT="$("$PY" - "$ROOT/src/config.rs" <<'PY'
 import re, sys
 src = open(sys.argv[1], encoding="utf-8").read()
-m = re.search(r"fn defaults\(\)(.*?)\n}\n", src, re.S)
-v = re.search(r'"body_limit_bytes"\s*:\s*([0-9_]+)', m.group(1)) if m else None
-if not v:  # per-section defaults (figment): `impl Default for ServerSettings`
-    m = re.search(r"impl Default for ServerSettings(.*?)\n}\n", src, re.S)
-    v = re.search(r"body_limit_bytes:\s*([0-9_]+)", m.group(1)) if m else None
+v = re.search(r"\bbody_limit_bytes:\s*usize\s*=\s*([0-9_]+)", src)
 print(int(v.group(1).replace("_", "")) if v else "")
 PY
 )" || BODY_LIMIT=""
 if [[ $BODY_LIMIT =~ ^[0-9]+$ ]]; then
   ok "src/config.rs: default server.body_limit_bytes is $BODY_LIMIT"
 else
-  fail "src/config.rs: cannot read the default server.body_limit_bytes from defaults()"
+  fail "src/config.rs: cannot read the default server.body_limit_bytes (body_limit_bytes: usize = N)"
   BODY_LIMIT=65536
 fi
 export BODY_LIMIT
