@@ -148,3 +148,32 @@ async fn thousand_concurrent_info_in_a_plain_group_cost_one_call_per_source() {
     let app = thousand_concurrent_info(PLAIN, "**成员数**：7 人").await;
     assert_eq!(upstream_calls(&app), [1, 0, 1, 1, 0]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_lookups_beyond_the_parallel_cap_wait_their_turn_and_all_get_their_own_answer() {
+    // One API call and one group lookup at a time: the other groups' lookups wait for a
+    // turn (in a small future) and none is starved or answered with another group's info.
+    let app = spawn_app_with(|s| {
+        s.dingtalk.max_parallel_requests = std::num::NonZeroUsize::MIN;
+        s.bot.info_cache_ttl_secs = 60;
+    })
+    .await;
+    let outs: Vec<_> = (0..6)
+        .map(|i| app.group_text(if i % 2 == 0 { BOUND } else { PLAIN }, "/info"))
+        .collect();
+    let statuses = join_all(outs.iter().map(|out| app.send(out))).await;
+    for status in statuses {
+        status.assert_accepted();
+    }
+    for (i, out) in outs.iter().enumerate() {
+        let text = app.reply_text(&out.session).await;
+        let group = if i % 2 == 0 {
+            "**成员数**：37 人"
+        } else {
+            "午餐拼单群"
+        };
+        assert!(text.contains(group), "reply {i}: {text}");
+    }
+    // Coalesced per group even while waiting for turns: one chat/get for the bound group.
+    assert_eq!(app.sandbox.calls(Endpoint::ChatGet), 1);
+}
