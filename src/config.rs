@@ -189,7 +189,7 @@ section! {
         dedupe_ttl_secs: u64 = 600,
         /// Entries of the msgId dedupe table (8 bytes each, allocated at start).
         dedupe_capacity: usize = 262_144,
-        /// API calls (and reply POSTs) on the wire at once; caps connections and TLS handshakes.
+        /// API calls, reply POSTs and group lookups at once (a cap each); caps connections.
         max_parallel_requests: NonZeroUsize = nz!(32),
         /// Which HTTP client POSTs replies.
         reply_client: ReplyClientChoice = ReplyClientChoice::Auto,

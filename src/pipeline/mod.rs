@@ -286,13 +286,22 @@ impl Pipeline {
         // Boxed where they are made: the task then stays a few hundred bytes instead of
         // tens of kilobytes copied at every spawn.
         let message = Box::pin(self.bot.respond(&callback, task)).await;
+        // What delivery needs; the rest of the callback (text, names, ids) is freed before
+        // the reply waits for a connection.
+        let Callback {
+            kind,
+            conversation_id,
+            sender_staff_id,
+            robot_code,
+            ..
+        } = callback;
         let target = ReplyTarget {
             webhook: &webhook,
             webhook_expired,
-            kind: callback.kind,
-            open_conversation_id: &callback.conversation_id,
-            sender_staff_id: callback.sender_staff_id.as_deref(),
-            robot_code: callback.robot_code.as_deref(),
+            kind,
+            open_conversation_id: &conversation_id,
+            sender_staff_id: sender_staff_id.as_deref(),
+            robot_code: robot_code.as_deref(),
         };
         let delivery = Box::pin(self.sender.deliver(&target, &message)).await;
         match &delivery {
@@ -302,9 +311,7 @@ impl Pipeline {
             }
             Delivery::Throttled { silence } => {
                 telemetry::reply("throttled");
-                self.admission
-                    .throttle(&callback.conversation_id, *silence)
-                    .await;
+                self.admission.throttle(&conversation_id, *silence).await;
                 tracing::warn!(
                     silence_secs = silence.as_secs(),
                     "DingTalk throttled this group's replies (send too fast); keeping it silent"
