@@ -209,17 +209,27 @@ impl ReplayRing {
         n
     }
 
+    /// Bits per cell, cells, and the millisecond cleared through: with [`Self::words`],
+    /// what a [`RingImage`] holds, for saving without a copy of the ring.
+    pub fn shape(&self) -> (u32, i64, i64) {
+        let cleared_through = self.cleared_through.load(Ordering::Acquire);
+        (self.bits, self.len, cleared_through)
+    }
+
+    /// The packed cells, in order.
+    pub fn words(&self) -> impl ExactSizeIterator<Item = u64> + '_ {
+        self.words.iter().map(|w| w.load(Ordering::Acquire))
+    }
+
     /// A copy of the cells.
+    #[cfg(test)]
     pub fn export(&self) -> RingImage {
+        let (bits, len, cleared_through) = self.shape();
         RingImage {
-            bits: self.bits,
-            len: self.len,
-            cleared_through: self.cleared_through.load(Ordering::Acquire),
-            words: self
-                .words
-                .iter()
-                .map(|w| w.load(Ordering::Acquire))
-                .collect(),
+            bits,
+            len,
+            cleared_through,
+            words: self.words().collect(),
         }
     }
 
@@ -392,14 +402,27 @@ impl DedupeSet {
     }
 
     /// A copy of the table and its hash key.
+    #[cfg(test)]
     pub fn export(&self) -> DedupeImage {
         let mut entries = Vec::with_capacity(self.capacity());
-        for b in &*self.buckets {
-            entries.extend_from_slice(&*b.lock().unwrap_or_else(|e| e.into_inner()));
-        }
+        self.for_each_bucket(|b| entries.extend_from_slice(b));
         DedupeImage {
             seed: self.seed,
             entries,
+        }
+    }
+
+    /// The hash key.
+    pub fn seed(&self) -> [u64; 2] {
+        self.seed
+    }
+
+    /// Each bucket's entries in order, one bucket locked at a time: with [`Self::seed`],
+    /// what a [`DedupeImage`] holds, for saving without a copy of the table.
+    pub fn for_each_bucket(&self, mut f: impl FnMut(&[u64; WAYS])) {
+        for b in &*self.buckets {
+            let entries = *b.lock().unwrap_or_else(|e| e.into_inner());
+            f(&entries);
         }
     }
 

@@ -108,7 +108,7 @@ impl BindingStore {
         remove_stale_temp_files(data_dir);
         // Writable? Create, write and remove a probe file now rather than at the first /bind.
         let probe = temp_path(data_dir);
-        write_file(&probe, b"probe").map_err(dir_error)?;
+        write_file(&probe, |f| f.write_all(b"probe")).map_err(dir_error)?;
         let _ = std::fs::remove_file(&probe);
 
         let file = data_dir.join(BINDINGS_FILE);
@@ -197,6 +197,15 @@ impl BindingStore {
 /// Replaces `path` with `bytes` atomically: a temp file in the same directory, fsynced,
 /// renamed over `path`, then the directory fsynced. A crash leaves the old or the new file.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomically_with(path, |f| f.write_all(bytes))
+}
+
+/// Like [`write_atomically`], with `write` filling the new file (for contents too big to
+/// build in memory first).
+pub fn write_atomically_with(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -209,7 +218,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         std::process::id(),
         rand::random::<u64>()
     ));
-    let result = write_file(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    let result = write_file(&tmp, write).and_then(|()| std::fs::rename(&tmp, path));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
         return result;
@@ -248,12 +257,15 @@ fn temp_path(dir: &Path) -> PathBuf {
 }
 
 /// Creates `path` (which must not exist), writes `bytes` and fsyncs it.
-fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+fn write_file(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(path)?;
-    f.write_all(bytes)?;
+    write(&mut f)?;
     f.sync_all()
 }
 

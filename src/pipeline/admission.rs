@@ -16,6 +16,7 @@
 //! the memory backend an allocation per callback.
 
 use std::future::{Future, Ready, ready};
+use std::io::Write;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -267,7 +268,7 @@ impl MemoryAdmission {
         if matches!(restored, Restored::Unclean { .. }) {
             self.not_before_ms.store(start_ms, Ordering::Release);
         }
-        crate::store::write_atomically(&path, &encode(&State::Running { since_ms: start_ms }))?;
+        crate::store::write_atomically(&path, &encode_running(start_ms))?;
         Ok(restored)
     }
 
@@ -335,17 +336,16 @@ impl MemoryAdmission {
         }
     }
 
-    /// Writes the ring and the dedupe table to the state file.
+    /// Writes the ring and the dedupe table to the state file, straight from memory: a
+    /// copy of both and the encoded file (8 MB at the defaults) made the stop the
+    /// process's memory peak.
     fn save(&self, path: &Path) -> Result<(), String> {
         let now = crate::clock::now_ms();
         self.replay.advance(now);
-        let state = State::Saved {
-            saved_at_ms: now,
-            ring: self.replay.export(),
-            dedupe: self.dedupe.export(),
-        };
-        crate::store::write_atomically(path, &encode(&state))
-            .map_err(|e| format!("{} cannot be written: {e}", path.display()))
+        crate::store::write_atomically_with(path, |file| {
+            write_saved(file, now, &self.replay, &self.dedupe)
+        })
+        .map_err(|e| format!("{} cannot be written: {e}", path.display()))
     }
 }
 
@@ -417,42 +417,84 @@ enum State {
 /// First bytes of the file.
 const MAGIC: &[u8; 16] = b"dingbot-admit-1\n";
 
-/// Little-endian fields, then the SHA-256 of everything before it.
-fn encode(state: &State) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(MAGIC);
-    match state {
-        State::Running { since_ms } => {
-            out.push(0);
-            out.extend_from_slice(&since_ms.to_le_bytes());
+/// The file's format: [`MAGIC`], a kind byte, little-endian fields, then the SHA-256 of
+/// everything before it. `Running` (kind 0): `since_ms`.
+fn encode_running(since_ms: i64) -> Vec<u8> {
+    let mut out = Hashed::new(Vec::new());
+    out.put(MAGIC);
+    out.put(&[0]);
+    out.put(&since_ms.to_le_bytes());
+    // Writing to a `Vec` cannot fail.
+    out.finish().unwrap_or_default()
+}
+
+/// `Saved` (kind 1): `saved_at_ms`; the ring's bits per cell, cells, cleared-through ms,
+/// word count and words; the dedupe table's two key words, entry count and entries.
+fn write_saved(
+    file: &mut std::fs::File,
+    saved_at_ms: i64,
+    ring: &ReplayRing,
+    dedupe: &DedupeSet,
+) -> std::io::Result<()> {
+    let mut out = Hashed::new(std::io::BufWriter::with_capacity(64 * 1024, file));
+    out.put(MAGIC);
+    out.put(&[1]);
+    out.put(&saved_at_ms.to_le_bytes());
+    let (bits, len, cleared_through) = ring.shape();
+    out.put(&bits.to_le_bytes());
+    out.put(&len.to_le_bytes());
+    out.put(&cleared_through.to_le_bytes());
+    let words = ring.words();
+    out.put(&(words.len() as u64).to_le_bytes());
+    for w in words {
+        out.put(&w.to_le_bytes());
+    }
+    for s in dedupe.seed() {
+        out.put(&s.to_le_bytes());
+    }
+    out.put(&(dedupe.capacity() as u64).to_le_bytes());
+    dedupe.for_each_bucket(|entries| {
+        for e in entries {
+            out.put(&e.to_le_bytes());
         }
-        State::Saved {
-            saved_at_ms,
-            ring,
-            dedupe,
-        } => {
-            out.reserve(8 * (ring.words.len() + dedupe.entries.len()) + 128);
-            out.push(1);
-            out.extend_from_slice(&saved_at_ms.to_le_bytes());
-            out.extend_from_slice(&ring.bits.to_le_bytes());
-            out.extend_from_slice(&ring.len.to_le_bytes());
-            out.extend_from_slice(&ring.cleared_through.to_le_bytes());
-            out.extend_from_slice(&(ring.words.len() as u64).to_le_bytes());
-            for w in &ring.words {
-                out.extend_from_slice(&w.to_le_bytes());
-            }
-            for s in dedupe.seed {
-                out.extend_from_slice(&s.to_le_bytes());
-            }
-            out.extend_from_slice(&(dedupe.entries.len() as u64).to_le_bytes());
-            for e in &dedupe.entries {
-                out.extend_from_slice(&e.to_le_bytes());
-            }
+    });
+    out.finish()?.flush()
+}
+
+/// A writer that hashes what it writes and ends with the hash; the first write error is
+/// kept for [`Hashed::finish`].
+struct Hashed<W: Write> {
+    out: W,
+    hash: Sha256,
+    error: Option<std::io::Error>,
+}
+
+impl<W: Write> Hashed<W> {
+    fn new(out: W) -> Self {
+        Hashed {
+            out,
+            hash: Sha256::new(),
+            error: None,
         }
     }
-    let digest = Sha256::digest(&out);
-    out.extend_from_slice(&digest);
-    out
+
+    fn put(&mut self, bytes: &[u8]) {
+        self.hash.update(bytes);
+        if self.error.is_none()
+            && let Err(e) = self.out.write_all(bytes)
+        {
+            self.error = Some(e);
+        }
+    }
+
+    /// Appends the hash; the writer, or the first write error.
+    fn finish(mut self) -> std::io::Result<W> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        self.out.write_all(&self.hash.finalize())?;
+        Ok(self.out)
+    }
 }
 
 /// Reads fields off the front of a byte slice.
@@ -710,12 +752,35 @@ mod tests {
     }
 
     #[test]
+    fn the_saved_file_holds_exactly_the_ring_and_the_table_written_from_memory() {
+        // The real clock: saving clears the milliseconds that left the window by then.
+        let now = crate::clock::now_ms();
+        let dir = Dir::new("exact");
+        let (s, _) = persisted(&dir, 3, now);
+        for i in 0..500 {
+            let msg_id = format!("m{i}");
+            s.decide(&ticket(&msg_id, "g", now - 7 * i), now);
+        }
+        futures_util::FutureExt::now_or_never(s.persist())
+            .unwrap()
+            .unwrap();
+        let bytes = std::fs::read(dir.file()).unwrap();
+        let Ok(State::Saved { ring, dedupe, .. }) = decode(&bytes) else {
+            panic!("not a saved state");
+        };
+        assert_eq!(ring, s.replay.export());
+        assert_eq!(dedupe, s.dedupe.export());
+        assert!(ring.words.iter().any(|&w| w != 0));
+        assert!(dedupe.entries.iter().any(|&e| e != 0));
+    }
+
+    #[test]
     fn corrupt_torn_or_foreign_files_count_as_an_unclean_stop() {
         let dir = Dir::new("corrupt");
         for bytes in [
             b"garbage".to_vec(),
             Vec::new(),
-            encode(&State::Running { since_ms: 1 })[..20].to_vec(),
+            encode_running(1)[..20].to_vec(),
         ] {
             std::fs::write(dir.file(), &bytes).unwrap();
             let (s, restored) = persisted(&dir, 1, NOW);
