@@ -1,8 +1,8 @@
 //! Typed configuration: built-in defaults, then a TOML file, then `DINGBOT_<SECTION>__<KEY>`
 //! environment variables, checked once at startup. The key names are API (README).
 //!
-//! figment layers the sources, serde types the values; ranges are one table ([`RANGES`]), the
-//! rest is [`Settings::check`]. Every problem is one [`ConfigError`] naming the key and where
+//! figment layers the sources, serde types the values; ranges sit beside their keys (and
+//! make [`RANGES`]), the rest is [`Settings::check`]. Every problem is one [`ConfigError`] naming the key and where
 //! its value came from. The app secret is never shown, nor a line with a TOML syntax error
 //! (only its line and column). A leaf module: it uses nothing else from the crate.
 
@@ -29,53 +29,34 @@ const STRING_KEYS: [&str; 7] = [
     "state.key_prefix", "storage.data_dir", "bot.templates_dir",
 ];
 
-/// `(key, lowest, highest, note)` of every number with a range.
-#[rustfmt::skip]
-const RANGES: [(&str, u64, u64, &str); 25] = [
-    ("server.body_limit_bytes", 1024, 16 * 1024 * 1024, ""),
-    ("server.max_in_flight", 1, 1_000_000, ""),
-    ("server.queue_wait_ms", 0, 10_000, " (0 = refuse at once)"),
-    ("server.workers", 0, 256, " (0 = one per CPU)"),
-    ("server.read_timeout_ms", 500, 60_000, ""),
-    ("dingtalk.dedupe_ttl_secs", 60, 86_400, ""),
-    ("dingtalk.dedupe_capacity", 1024, 16_777_216, ""),
-    ("dingtalk.max_clock_skew_secs", 60, 86_400, " seconds (DingTalk documents 3600)"),
-    ("dingtalk.request_timeout_ms", 100, 120_000, ""),
-    ("dingtalk.max_messages_per_signature", 1, 1000, ""),
-    ("dingtalk.max_parallel_requests", 1, 4096, ""),
-    ("rate_limit.per_group_per_minute", 1, 10_000, " (DingTalk throttles a robot above 20 messages a minute)"),
-    ("bot.info_cache_ttl_secs", 0, 86_400, " (0 disables the cache)"),
-    ("bot.info_cache_max_groups", 1, 10_000_000, ""),
-    ("group_info.denied_backoff_secs", 0, 604_800, " (0 asks again every time)"),
-    ("state.command_timeout_ms", 10, 10_000, ""),
-    ("state.connect_timeout_ms", 10, 60_000, ""),
-    ("state.lookup_lock_ms", 100, 120_000, ""),
-    ("stream.ping_interval_ms", 10, 600_000, ""),
-    ("stream.idle_timeout_ms", 50, 3_600_000, ""),
-    ("stream.backoff_base_ms", 1, 600_000, ""),
-    ("stream.backoff_max_ms", 1, 3_600_000, ""),
-    ("stream.healthy_after_ms", 0, 3_600_000, ""),
-    ("stream.refused_retry_ms", 1, 3_600_000, ""),
-    ("stream.max_frame_bytes", 1024, 16 * 1024 * 1024, ""),
-];
-
-/// Declares settings sections: each struct (every key optional, unknown keys refused) and
-/// its `Default`, from the `key: Type = default,` written beside each key.
+/// Declares the settings sections: each struct (every key optional, unknown keys refused)
+/// and its `Default`, from the `key: Type = default` written beside each key, and
+/// [`RANGES`] from the `=> lowest..=highest; "note"` after a bounded number's default.
 macro_rules! section {
-    ($($(#[$doc:meta])* $name:ident {
-        $($(#[$fdoc:meta])* $key:ident: $ty:ty = $default:expr,)*
-    })*) => {$(
-        $(#[$doc])*
-        #[derive(Debug, Clone, Deserialize)]
-        #[serde(default, deny_unknown_fields)]
-        pub struct $name { $($(#[$fdoc])* pub $key: $ty,)* }
+    (@note) => { "" };
+    (@note $note:literal) => { $note };
+    ($($(#[$doc:meta])* $name:ident($section:literal) {
+        $($(#[$fdoc:meta])* $key:ident: $ty:ty = $default:expr
+            $(=> $lo:literal..=$hi:expr $(; $note:literal)?)?,)*
+    })*) => {
+        $(
+            $(#[$doc])*
+            #[derive(Debug, Clone, Deserialize)]
+            #[serde(default, deny_unknown_fields)]
+            pub struct $name { $($(#[$fdoc])* pub $key: $ty,)* }
 
-        impl Default for $name {
-            fn default() -> Self {
-                $name { $($key: $default,)* }
+            impl Default for $name {
+                fn default() -> Self {
+                    $name { $($key: $default,)* }
+                }
             }
-        }
-    )*};
+        )*
+
+        /// `(key, lowest, highest, note)` of every number with a range.
+        const RANGES: &[(&str, u64, u64, &str)] = &[$($($(
+            (concat!($section, ".", stringify!($key)), $lo, $hi, section!(@note $($note)?)),
+        )?)*)*];
+    };
 }
 
 /// A `NonZero*` default, checked at compile time.
@@ -145,28 +126,28 @@ pub struct Settings {
 
 section! {
     /// `[server]`
-    ServerSettings {
+    ServerSettings("server") {
         /// Socket address to bind, e.g. `0.0.0.0:8080`.
         listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 8080)),
         /// Path DingTalk POSTs callbacks to (the "消息接收地址" path).
         callback_path: String = "/dingtalk/callback".into(),
         /// Largest callback body accepted; larger bodies get 413 unread.
-        body_limit_bytes: usize = 65_536,
+        body_limit_bytes: usize = 65_536 => 1024..=16 * 1024 * 1024,
         /// Callbacks processed at once (body read to reply sent); more wait `queue_wait_ms`.
-        max_in_flight: NonZeroUsize = nz!(1024),
+        max_in_flight: NonZeroUsize = nz!(1024) => 1..=1_000_000,
         /// How long a verified callback may wait for a slot before a 503; 0 refuses at once
         /// (DingTalk does not redeliver robot messages, so a short wait rides out a burst).
-        queue_wait_ms: u64 = 1000,
+        queue_wait_ms: u64 = 1000 => 0..=10_000; " (0 = refuse at once)",
         /// Seconds to finish in-flight callbacks and replies after SIGTERM/SIGINT.
         shutdown_grace_secs: u64 = 10,
         /// Milliseconds for a request's head, then for a verified callback's body; then 408.
-        read_timeout_ms: u64 = 5000,
+        read_timeout_ms: u64 = 5000 => 500..=60_000,
         /// HTTP worker threads; 0 means one per CPU.
-        workers: usize = 0,
+        workers: usize = 0 => 0..=256; " (0 = one per CPU)",
     }
 
     /// `[dingtalk]`
-    DingTalkSettings {
+    DingTalkSettings("dingtalk") {
         /// The app's AppKey (a.k.a. clientId); required.
         app_key: String = String::new(),
         /// The app's AppSecret: fetches tokens and is the callback signing key; required.
@@ -176,21 +157,22 @@ section! {
         /// New API host (`/v1.0/...`).
         api_base: BaseUrl = BaseUrl::builtin("https://api.dingtalk.com"),
         /// Callbacks whose `timestamp` is further than this from our clock are refused.
-        max_clock_skew_secs: u64 = 3600,
+        max_clock_skew_secs: u64 = 3600
+            => 60..=86_400; " seconds (DingTalk documents 3600)",
         /// Further origins (`scheme://host[:port]`) a sessionWebhook may point at.
         extra_webhook_hosts: Vec<BaseUrl> = Vec::new(),
         /// Paths a sessionWebhook may have (exact; `/robot/sendBySession` needs a `session`).
         webhook_paths: Vec<String> = vec!["/robot/sendBySession".into()],
         /// Timeout of every outbound HTTP call, in milliseconds.
-        request_timeout_ms: u64 = 5000,
+        request_timeout_ms: u64 = 5000 => 100..=120_000,
         /// Distinct msgIds one signed millisecond (timestamp, sign) may carry (k), then refused.
-        max_messages_per_signature: NonZeroUsize = nz!(3),
+        max_messages_per_signature: NonZeroUsize = nz!(3) => 1..=1000,
         /// Seconds a msgId is remembered, so that a redelivery is not answered twice.
-        dedupe_ttl_secs: u64 = 600,
+        dedupe_ttl_secs: u64 = 600 => 60..=86_400,
         /// Entries of the msgId dedupe table (8 bytes each, allocated at start).
-        dedupe_capacity: usize = 262_144,
+        dedupe_capacity: usize = 262_144 => 1024..=16_777_216,
         /// API calls, reply POSTs and group lookups at once (a cap each); caps connections.
-        max_parallel_requests: NonZeroUsize = nz!(32),
+        max_parallel_requests: NonZeroUsize = nz!(32) => 1..=4096,
         /// Which HTTP client POSTs replies.
         reply_client: ReplyClientChoice = ReplyClientChoice::Auto,
         /// How robot messages arrive: HTTP callbacks, a Stream connection, or both.
@@ -198,31 +180,32 @@ section! {
     }
 
     /// `[stream]`: the Stream connection's timings (`dingtalk.mode` `stream` or `both`).
-    StreamSettings {
+    StreamSettings("stream") {
         /// How often dingbot sends a WebSocket ping on an idle-or-not connection.
-        ping_interval_ms: u64 = 30_000,
+        ping_interval_ms: u64 = 30_000 => 10..=600_000,
         /// Watchdog: no frame or pong for this long replaces the connection (and fails `/readyz`).
-        idle_timeout_ms: u64 = 90_000,
+        idle_timeout_ms: u64 = 90_000 => 50..=3_600_000,
         /// First reconnect delay (full jitter: a random wait up to the current step).
-        backoff_base_ms: u64 = 1_000,
+        backoff_base_ms: u64 = 1_000 => 1..=600_000,
         /// Largest reconnect step.
-        backoff_max_ms: u64 = 60_000,
+        backoff_max_ms: u64 = 60_000 => 1..=3_600_000,
         /// A connection open at least this long resets the backoff to its base.
-        healthy_after_ms: u64 = 60_000,
+        healthy_after_ms: u64 = 60_000 => 0..=3_600_000,
         /// Wait before asking again after DingTalk refused the credentials.
-        refused_retry_ms: u64 = 300_000,
+        refused_retry_ms: u64 = 300_000 => 1..=3_600_000,
         /// Largest frame accepted; a bigger one ends (and replaces) the connection.
-        max_frame_bytes: usize = 1024 * 1024,
+        max_frame_bytes: usize = 1024 * 1024 => 1024..=16 * 1024 * 1024,
     }
 
     /// `[rate_limit]`
-    RateLimitSettings {
+    RateLimitSettings("rate_limit") {
         /// Commands answered per group per minute (burst of this size, then one every 60/N s).
-        per_group_per_minute: NonZeroU32 = nz!(20),
+        per_group_per_minute: NonZeroU32 = nz!(20)
+            => 1..=10_000; " (DingTalk throttles a robot above 20 messages a minute)",
     }
 
     /// `[bot]`
-    BotSettings {
+    BotSettings("bot") {
         /// Reply language: `zh` (default) or `en`.
         language: Language = Language::Zh,
         /// Directory whose `<language>/<name>.md.j2` files override the embedded templates.
@@ -230,23 +213,23 @@ section! {
         /// Also write `@<userid>` into the reply text (besides `at.atUserIds`).
         inline_mention: bool = false,
         /// Seconds a group's info is reused before asking DingTalk again; 0 disables caching.
-        info_cache_ttl_secs: u64 = 60,
+        info_cache_ttl_secs: u64 = 60 => 0..=86_400; " (0 disables the cache)",
         /// Most group summaries cached at once; the least recently used go first.
-        info_cache_max_groups: NonZeroU64 = nz!(10_000),
+        info_cache_max_groups: NonZeroU64 = nz!(10_000) => 1..=10_000_000,
         /// Userids (`senderStaffId`) allowed to `/bind` in any group, besides group admins.
         admin_user_ids: Vec<String> = Vec::new(),
     }
 
     /// `[group_info]`
-    GroupInfoSettings {
+    GroupInfoSettings("group_info") {
         /// Sources `/info` asks, in this order, until the summary is complete.
         sources: Vec<InfoSource> = InfoSource::ALL.to_vec(),
         /// Seconds a source that refused a group is not asked again for it; 0 asks every time.
-        denied_backoff_secs: u64 = 600,
+        denied_backoff_secs: u64 = 600 => 0..=604_800; " (0 asks again every time)",
     }
 
     /// `[reply]`
-    ReplySettings {
+    ReplySettings("reply") {
         /// What to do when the sessionWebhook refuses a reply for good or has expired.
         fallback: ReplyFallback = ReplyFallback::RobotApi,
         /// `robotCode` for the robot send APIs; unset: the callback's `robotCode`, else
@@ -255,13 +238,13 @@ section! {
     }
 
     /// `[storage]`
-    StorageSettings {
+    StorageSettings("storage") {
         /// Directory of `bindings.json`; created at startup if missing, must be writable.
         data_dir: PathBuf = "./data".into(),
     }
 
     /// `[state]`
-    StateSettings {
+    StateSettings("state") {
         /// `memory` (default) or `redis`.
         backend: StateBackend = StateBackend::Memory,
         /// `redis://[user:password@]host:port/db` (`rediss://` for TLS); required with
@@ -270,15 +253,15 @@ section! {
         /// Prefix of every key dingbot writes, so one Redis can serve several bots.
         key_prefix: String = "dingbot:".into(),
         /// Longest wait for one Redis command; past it the callback is decided locally.
-        command_timeout_ms: u64 = 250,
+        command_timeout_ms: u64 = 250 => 10..=10_000,
         /// Longest wait for a (re)connection to Redis.
-        connect_timeout_ms: u64 = 1000,
+        connect_timeout_ms: u64 = 1000 => 10..=60_000,
         /// How long a replica's group lookup holds the cross-replica lock (others wait for it).
-        lookup_lock_ms: u64 = 3000,
+        lookup_lock_ms: u64 = 3000 => 100..=120_000,
     }
 
     /// `[log]`
-    LogSettings {
+    LogSettings("log") {
         /// `text` for people, `json` for log collectors.
         format: LogFormat = LogFormat::Text,
     }
@@ -572,7 +555,7 @@ fn extract(figment: &Figment, env: &[(String, String)]) -> Result<Settings, Conf
         problem,
         source_name: source_of(figment, env, key),
     };
-    for (key, lo, hi, note) in RANGES {
+    for &(key, lo, hi, note) in RANGES {
         let Ok(value) = figment.extract_inner::<u64>(key) else {
             continue;
         };
