@@ -176,7 +176,7 @@ language = "zh"
 info_cache_ttl_secs = $2
 
 [storage]
-data_dir = "$WORK/data"
+data_dir = "${DATA_DIR:-$WORK/data}"
 
 [log]
 format = "text"
@@ -520,7 +520,9 @@ ab_scenario() {
     local pid_a=$BOT_PID
     AB_PID=$pid_a
     BOT_PORT=$port_b BOT_URL=http://127.0.0.1:$port_b
-    write_config "$WORK/ab-b.toml" 3600
+    # A data dir of its own: B would otherwise find A's "running" marker in the replay
+    # record, take it for an unclean stop and refuse every timestamp signed before it.
+    DATA_DIR=$WORK/data-b write_config "$WORK/ab-b.toml" 3600
     if [[ $bin_b == bare ]]; then
         start_bot "$WORK/ab-b.toml" "$WORK/ab-b.log" bare
     else
