@@ -28,6 +28,8 @@
 #                       (bench/out/perf-<scenario>.data; needs linux-perf)
 #   QUIET_WAIT [0]      wait up to this many seconds for the load average to drop below 1
 #   RUST_LOG            passed to dingbot (default: dingbot's own, i.e. info)
+#   BOT_WRAP            a command dingbot `serve` runs under, e.g. "env GLIBC_TUNABLES=…"
+#                       (a wrapper must forward SIGTERM; peak RSS is then the wrapper's)
 #   MAX_IN_FLIGHT [1024], MAX_PARALLEL [32]: server.max_in_flight and
 #                       dingtalk.max_parallel_requests of the generated config
 set -euo pipefail
@@ -192,7 +194,7 @@ start_bot() { # config log [bare]
     if [[ ${3:-} == bare ]]; then
         "${PIN_BOT[@]}" "$BARE_BIN" "127.0.0.1:$BOT_PORT" "$APP_SECRET" >"$2" 2>&1 &
     else
-        "${PIN_BOT[@]}" "$BIN" serve --config "$1" >"$2" 2>&1 &
+        ${BOT_WRAP:-} "${PIN_BOT[@]}" "$BIN" serve --config "$1" >"$2" 2>&1 &
     fi
     BOT_PID=$!
     wait_http "$BOT_URL/healthz" 20 || {

@@ -39,7 +39,9 @@ pub use redis::{RedisAdmission, RedisOptions};
 
 use crate::bot::{Bot, Task};
 use crate::dingtalk::sender::ReplyTarget;
-use crate::dingtalk::{Callback, Delivery, ReplySender, WebhookPolicy, WebhookRefusal};
+use crate::dingtalk::{
+    Callback, ConversationKind, Delivery, ReplySender, WebhookPolicy, WebhookRefusal,
+};
 use crate::telemetry;
 
 /// Why a verified callback is not taken.
@@ -95,6 +97,25 @@ impl Job {
     /// without knowing the bot's types).
     pub fn is_slow_down(&self) -> bool {
         matches!(self.task, Task::SlowDown { .. })
+    }
+}
+
+/// What delivery needs of a callback: taking it drops the rest (text, names, ids).
+struct Recipient {
+    kind: ConversationKind,
+    conversation_id: String,
+    sender_staff_id: Option<String>,
+    robot_code: Option<String>,
+}
+
+impl From<Callback> for Recipient {
+    fn from(callback: Callback) -> Recipient {
+        Recipient {
+            kind: callback.kind,
+            conversation_id: callback.conversation_id,
+            sender_staff_id: callback.sender_staff_id,
+            robot_code: callback.robot_code,
+        }
     }
 }
 
@@ -267,6 +288,9 @@ impl Pipeline {
     /// waits for every slot before it stops the workers.
     pub fn dispatch(self: &Arc<Self>, job: Job, slot: Slot) {
         let pipeline = self.clone();
+        // Boxed, so that the task keeps a pointer rather than room for the whole job
+        // (a future keeps its arguments' space while it is pending).
+        let job = Box::new(job);
         let task = async move {
             pipeline.run(job).await;
             drop(slot);
@@ -276,32 +300,29 @@ impl Pipeline {
     }
 
     /// Respond and deliver, now.
-    pub async fn run(&self, job: Job) -> Delivery {
+    async fn run(&self, job: Box<Job>) -> Delivery {
         let Job {
             callback,
             webhook,
             webhook_expired,
             task,
-        } = job;
-        // Boxed where they are made: the task then stays a few hundred bytes instead of
-        // tens of kilobytes copied at every spawn.
-        let message = Box::pin(self.bot.respond(&callback, task)).await;
-        // What delivery needs; the rest of the callback (text, names, ids) is freed before
-        // the reply waits for a connection.
-        let Callback {
-            kind,
-            conversation_id,
-            sender_staff_id,
-            robot_code,
-            ..
-        } = callback;
+        } = *job;
+        // Both stages are boxed where they are made: the task then stays a few hundred
+        // bytes instead of tens of kilobytes copied at every spawn. The callback goes into
+        // the first box and only what delivery needs comes out (the text, names and ids
+        // are freed before the reply waits for a connection).
+        let (message, recipient) = Box::pin(async move {
+            let message = self.bot.respond(&callback, task).await;
+            (message, Recipient::from(callback))
+        })
+        .await;
         let target = ReplyTarget {
             webhook: &webhook,
             webhook_expired,
-            kind,
-            open_conversation_id: &conversation_id,
-            sender_staff_id: sender_staff_id.as_deref(),
-            robot_code: robot_code.as_deref(),
+            kind: recipient.kind,
+            open_conversation_id: &recipient.conversation_id,
+            sender_staff_id: recipient.sender_staff_id.as_deref(),
+            robot_code: recipient.robot_code.as_deref(),
         };
         let delivery = Box::pin(self.sender.deliver(&target, &message)).await;
         match &delivery {
@@ -311,7 +332,9 @@ impl Pipeline {
             }
             Delivery::Throttled { silence } => {
                 telemetry::reply("throttled");
-                self.admission.throttle(&conversation_id, *silence).await;
+                self.admission
+                    .throttle(&recipient.conversation_id, *silence)
+                    .await;
                 tracing::warn!(
                     silence_secs = silence.as_secs(),
                     "DingTalk throttled this group's replies (send too fast); keeping it silent"
