@@ -21,6 +21,52 @@ const GUARD_MS: i64 = 60_000;
 /// clock reading is slightly older than another's never finds its cell cleared under it.
 const CLEAR_LAG_MS: i64 = 1_000;
 
+/// `n` atomics set to zero, taken from the allocator already zeroed (`calloc`; for tables
+/// this size, fresh pages from the kernel): a page of the table becomes resident only
+/// when a cell on it is first written. The replay ring covers an hour into the future that
+/// genuine callbacks never use, so about half of it is never touched; the dedupe table
+/// fills as msgIds arrive. Building the table with `AtomicU64::new(0)` per element wrote
+/// every page at start (4.1 MiB resident at idle, measured with `/proc/<pid>/smaps`).
+fn zeroed_atomics(n: usize) -> Box<[AtomicU64]> {
+    let zeroed = Box::<[AtomicU64]>::new_zeroed_slice(n);
+    // SAFETY: `AtomicU64` has the same in-memory representation as `u64`, and all-zero
+    // bytes are the `u64` 0: every element is a valid `AtomicU64::new(0)`.
+    unsafe { zeroed.assume_init() }
+}
+
+/// Gives the whole pages inside `words` back to the kernel (`MADV_DONTNEED`): they read as
+/// zero afterwards and are not resident until written again. The caller guarantees the
+/// words are zero and nobody writes them meanwhile, so nothing observable changes.
+fn release_pages(words: &[AtomicU64]) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: `sysconf` has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(0);
+        if page == 0 {
+            return;
+        }
+        let begin = words.as_ptr() as usize;
+        let end = begin + std::mem::size_of_val(words);
+        let first = begin.div_ceil(page) * page;
+        let last = end / page * page;
+        if last > first {
+            // SAFETY: [first, last) lies inside `words`, memory this ring owns (private,
+            // anonymous, from the allocator), and holds only zeros no one writes now;
+            // MADV_DONTNEED on such memory makes it read as zero, which it already is. The
+            // result is ignored: if the kernel refuses, the pages simply stay resident.
+            unsafe {
+                libc::madvise(
+                    first as *mut libc::c_void,
+                    last - first,
+                    libc::MADV_DONTNEED,
+                );
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = words;
+}
+
 /// Per-millisecond message counters for the clock window `[now − window, now + window]`.
 ///
 /// Cells are `bits` wide (just enough for `limit`) and packed into 64-bit words; a cell is
@@ -82,7 +128,7 @@ impl ReplayRing {
         let len = window_ms.saturating_mul(2).saturating_add(GUARD_MS);
         let words = usize::try_from((len as u64).div_ceil(per_word)).unwrap_or(usize::MAX);
         ReplayRing {
-            words: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            words: zeroed_atomics(words),
             bits,
             per_word,
             mask: (1u64 << bits) - 1,
@@ -179,19 +225,55 @@ impl ReplayRing {
         if to < from {
             return;
         }
+        // Only cells that hold a count are written: a page nothing was ever counted on
+        // stays untouched (not resident), see [`zeroed_atomics`].
         if to - from + 1 >= self.len {
             for word in &*self.words {
-                word.store(0, Ordering::Release);
+                if word.load(Ordering::Acquire) != 0 {
+                    word.store(0, Ordering::Release);
+                }
             }
         } else {
             for ts in from..=to {
                 let (w, shift) = self.cell(ts);
-                if let Some(word) = self.words.get(w) {
+                if let Some(word) = self.words.get(w)
+                    && word.load(Ordering::Acquire) & (self.mask << shift) != 0
+                {
                     word.fetch_and(!(self.mask << shift), Ordering::AcqRel);
                 }
             }
         }
         self.cleared_through.store(to, Ordering::Release);
+        // Cells of milliseconds in (now − window − GUARD_MS, to] are zero and cannot be
+        // counted in again until the clock has moved a full ring on: whole pages of them
+        // go back to the kernel. Every page passes through that stretch (≈ 59 s, a page
+        // is 16 s at 2-bit cells), so what stays resident is what the past hour used.
+        self.release(edge - GUARD_MS + 1, to);
+    }
+
+    /// Returns whole pages of the cells of `[from_ts, to_ts]` (all zero, not writable) to
+    /// the kernel; they read as zero again and cost nothing until written.
+    fn release(&self, from_ts: i64, to_ts: i64) {
+        let n = to_ts - from_ts + 1;
+        if n <= 0 || n >= self.len {
+            return;
+        }
+        let start = from_ts.rem_euclid(self.len);
+        let per_word = self.per_word as i64;
+        let stretches = if start + n <= self.len {
+            [(start, start + n), (0, 0)]
+        } else {
+            [(start, self.len), (0, start + n - self.len)]
+        };
+        for (p0, p1) in stretches {
+            // Words all of whose cells are in the stretch.
+            let (w0, w1) = ((p0 + per_word - 1) / per_word, p1 / per_word);
+            if let (Ok(w0), Ok(w1)) = (usize::try_from(w0), usize::try_from(w1))
+                && let Some(words) = self.words.get(w0..w1)
+            {
+                release_pages(words);
+            }
+        }
     }
 
     /// Milliseconds with at least one message (a scan; for gauges).
@@ -242,7 +324,10 @@ impl ReplayRing {
         }
         let _guard = self.clearing.lock().unwrap_or_else(|e| e.into_inner());
         for (cell, value) in self.words.iter().zip(&image.words) {
-            cell.store(*value, Ordering::Release);
+            // Zero over zero is skipped: an untouched page stays so.
+            if *value != 0 || cell.load(Ordering::Acquire) != 0 {
+                cell.store(*value, Ordering::Release);
+            }
         }
         self.cleared_through
             .store(image.cleared_through, Ordering::Release);
@@ -273,12 +358,19 @@ pub struct DedupeImage {
     pub entries: Vec<u64>,
 }
 
+/// Bucket locks: bucket `i` is guarded by lock `i % LOCKS`. A lock per bucket cost 8 bytes
+/// per 8 entries (256 KiB of the default table); 1,024 locks keep contention nil for the
+/// one or two threads that admit callbacks.
+const LOCKS: usize = 1024;
+
 /// Recently answered msgIds: a fixed table of buckets of [`WAYS`] entries, each entry a
 /// 32-bit tag of the msgId's keyed hash and its expiry in whole seconds. A bucket whose
 /// entries are all live drops the one expiring first (and counts it in `evicted`).
 #[derive(Debug)]
 pub struct DedupeSet {
-    buckets: Box<[Mutex<[u64; WAYS]>]>,
+    /// Entries, bucket after bucket; read and written only under the bucket's lock.
+    entries: Box<[AtomicU64]>,
+    locks: Box<[Mutex<()>]>,
     seed: [u64; 2],
     ttl_ms: i64,
     evicted: AtomicU64,
@@ -302,6 +394,15 @@ fn secs(ms: i64) -> u32 {
     u32::try_from((ms.max(0) + 999) / 1000).unwrap_or(u32::MAX)
 }
 
+/// A bucket's entries, read while its lock is held.
+fn load(cells: &[AtomicU64]) -> [u64; WAYS] {
+    let mut out = [0; WAYS];
+    for (o, c) in out.iter_mut().zip(cells) {
+        *o = c.load(Ordering::Relaxed);
+    }
+    out
+}
+
 impl DedupeSet {
     /// A set of about `capacity` entries (rounded up to whole buckets) kept `ttl_ms`,
     /// hashing with a random key.
@@ -312,7 +413,8 @@ impl DedupeSet {
     fn with_seed(capacity: usize, ttl_ms: i64, seed: [u64; 2]) -> DedupeSet {
         let buckets = capacity.div_ceil(WAYS).max(1);
         DedupeSet {
-            buckets: (0..buckets).map(|_| Mutex::new([0; WAYS])).collect(),
+            entries: zeroed_atomics(buckets * WAYS),
+            locks: (0..buckets.min(LOCKS)).map(|_| Mutex::new(())).collect(),
             seed,
             ttl_ms,
             evicted: AtomicU64::new(0),
@@ -321,12 +423,16 @@ impl DedupeSet {
 
     /// Entries the table holds at most.
     pub fn capacity(&self) -> usize {
-        self.buckets.len() * WAYS
+        self.entries.len()
+    }
+
+    fn buckets(&self) -> usize {
+        self.entries.len() / WAYS
     }
 
     /// Bytes of the table (fixed).
     pub fn bytes(&self) -> usize {
-        std::mem::size_of_val(&*self.buckets)
+        std::mem::size_of_val(&*self.entries) + std::mem::size_of_val(&*self.locks)
     }
 
     /// Live entries dropped early because their bucket was full.
@@ -334,13 +440,22 @@ impl DedupeSet {
         self.evicted.load(Ordering::Relaxed)
     }
 
-    fn locate(&self, msg_id: &str) -> (&Mutex<[u64; WAYS]>, u32) {
+    /// Bucket `i`'s lock, held, and its entries.
+    fn bucket(&self, i: usize) -> (std::sync::MutexGuard<'_, ()>, &[AtomicU64]) {
+        let lock = self.locks[i % self.locks.len()]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        (lock, &self.entries[i * WAYS..(i + 1) * WAYS])
+    }
+
+    /// The msgId's bucket and tag.
+    fn locate(&self, msg_id: &str) -> (usize, u32) {
         let mut h = DefaultHasher::new();
         self.seed.hash(&mut h);
         msg_id.hash(&mut h);
         let hash = h.finish();
-        let index = usize::try_from(hash % self.buckets.len() as u64).unwrap_or(0);
-        (&self.buckets[index], (hash >> 32) as u32)
+        let index = usize::try_from(hash % self.buckets() as u64).unwrap_or(0);
+        (index, (hash >> 32) as u32)
     }
 
     /// Under the msgId's bucket lock: a live entry → [`Admit::Duplicate`]; otherwise runs
@@ -352,9 +467,10 @@ impl DedupeSet {
         now_ms: i64,
         first: impl FnOnce() -> Result<R, R>,
     ) -> Admit<R> {
-        let (bucket, t) = self.locate(msg_id);
+        let (index, t) = self.locate(msg_id);
         let now_s = secs(now_ms);
-        let mut entries = bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let (_lock, cells) = self.bucket(index);
+        let entries = load(cells);
         if entries.iter().any(|&e| tag(e) == t && expires_s(e) > now_s) {
             return Admit::Duplicate;
         }
@@ -371,17 +487,16 @@ impl DedupeSet {
         if expires_s(entries[victim]) > now_s {
             self.evicted.fetch_add(1, Ordering::Relaxed);
         }
-        entries[victim] = fresh;
+        cells[victim].store(fresh, Ordering::Relaxed);
         Admit::Recorded(r)
     }
 
     /// Whether `msg_id` is recorded and live at `now_ms`.
     pub fn contains(&self, msg_id: &str, now_ms: i64) -> bool {
-        let (bucket, t) = self.locate(msg_id);
+        let (index, t) = self.locate(msg_id);
         let now_s = secs(now_ms);
-        bucket
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let (_lock, cells) = self.bucket(index);
+        load(cells)
             .iter()
             .any(|&e| tag(e) == t && expires_s(e) > now_s)
     }
@@ -389,16 +504,9 @@ impl DedupeSet {
     /// Live entries (a scan; for gauges).
     pub fn live(&self, now_ms: i64) -> usize {
         let now_s = secs(now_ms);
-        self.buckets
-            .iter()
-            .map(|b| {
-                b.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .iter()
-                    .filter(|&&e| expires_s(e) > now_s)
-                    .count()
-            })
-            .sum()
+        let mut n = 0;
+        self.for_each_bucket(|b| n += b.iter().filter(|&&e| expires_s(e) > now_s).count());
+        n
     }
 
     /// A copy of the table and its hash key.
@@ -420,9 +528,9 @@ impl DedupeSet {
     /// Each bucket's entries in order, one bucket locked at a time: with [`Self::seed`],
     /// what a [`DedupeImage`] holds, for saving without a copy of the table.
     pub fn for_each_bucket(&self, mut f: impl FnMut(&[u64; WAYS])) {
-        for b in &*self.buckets {
-            let entries = *b.lock().unwrap_or_else(|e| e.into_inner());
-            f(&entries);
+        for i in 0..self.buckets() {
+            let (_lock, cells) = self.bucket(i);
+            f(&load(cells));
         }
     }
 
@@ -433,9 +541,12 @@ impl DedupeSet {
         if image.entries.len() != set.capacity() {
             return None;
         }
-        for (bucket, chunk) in set.buckets.iter().zip(image.entries.chunks_exact(WAYS)) {
-            let mut entries = bucket.lock().unwrap_or_else(|e| e.into_inner());
-            entries.copy_from_slice(chunk);
+        // The set is new and all zero: only entries in use are written, so a page of
+        // the table without one stays untouched.
+        for (cell, &value) in set.entries.iter().zip(&image.entries) {
+            if value != 0 {
+                cell.store(value, Ordering::Relaxed);
+            }
         }
         Some(set)
     }
