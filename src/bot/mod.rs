@@ -17,11 +17,10 @@ pub mod summary;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde::Serialize;
 
 use crate::config::{InfoSource, Settings};
-use crate::dingtalk::outbound::MarkdownHead;
+use crate::dingtalk::outbound::{MarkdownHead, Reply};
 use crate::dingtalk::{ApiError, Body, Callback, ConversationKind, DingTalkClient, ErrorKind};
 use crate::render::{Rendered, Renderer, Template, escape_markdown};
 use crate::state::cache::{SharedGroups, Summary};
@@ -510,9 +509,9 @@ impl Bot {
     }
 
     /// Stage 2 of the pipeline: the finished message for an admitted callback — the
-    /// command's answer or the slow-down notice, with the sender @-mentioned — serialized
-    /// once, so a retry resends the same bytes.
-    pub async fn respond(&self, cb: &Callback, task: Task) -> Bytes {
+    /// command's answer or the slow-down notice, with the sender @-mentioned. Serialized
+    /// when it is sent ([`Reply::body`]), the same bytes on every retry.
+    pub async fn respond(&self, cb: &Callback, task: Task) -> Reply {
         let head = match task {
             Task::Answer => match Box::pin(self.answer(cb)).await {
                 Answer::Fresh(rendered) => Arc::new(head(&rendered)),
@@ -534,7 +533,7 @@ impl Bot {
             (true, Some(id)) => Some(format!("\n\n@{}", escape_markdown(id))),
             _ => None,
         };
-        head.finish(inline.as_deref(), mention)
+        Reply::new(head, inline, mention)
     }
 
     async fn answer(&self, cb: &Callback) -> Answer {

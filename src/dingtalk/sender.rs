@@ -24,6 +24,7 @@ use serde::Deserialize;
 use super::endpoint::Endpoint;
 use super::error::{ApiError, ErrorKind, FLOW_CONTROLLED, ROBOT_SEND_SCOPE};
 use super::inbound::ConversationKind;
+use super::outbound::Reply;
 use super::reply_http::ReplyHttp;
 use super::transport::{
     self, ACS_TOKEN, DEFAULT_PARALLEL_REQUESTS, JSON, RetryPolicy, TokenSource,
@@ -177,11 +178,11 @@ impl ReplySender {
     /// POSTs `body` (a sessionWebhook message) to the target's sessionWebhook; when that
     /// refuses for good or has expired, sends it through the robot send APIs instead (if
     /// configured). At most one of the two ever takes the message.
-    pub async fn deliver(&self, target: &ReplyTarget<'_>, body: &Bytes) -> Delivery {
+    pub async fn deliver(&self, target: &ReplyTarget<'_>, reply: &Reply) -> Delivery {
         let reason = if target.webhook_expired {
             "expired"
         } else {
-            match self.post(target.webhook, body).await {
+            match self.post(target.webhook, reply).await {
                 Ok(()) => return Delivery::Sent,
                 Err(e) if e.kind() == ErrorKind::SendTooFast => return throttled(),
                 Err(e) if self.robot.is_some() && e.allows_fallback() => {
@@ -205,7 +206,7 @@ impl ReplySender {
                 what: "expired sessionWebhook",
             });
         };
-        let result = Box::pin(self.robot_send(robot, target, body)).await;
+        let result = Box::pin(self.robot_send(robot, target, &reply.body())).await;
         let delivery = match result {
             Ok(()) => Delivery::Sent,
             Err(e) if e.kind() == ErrorKind::SendTooFast => throttled(),
@@ -317,7 +318,7 @@ impl ReplySender {
 
     /// Sending is not idempotent: a POST is repeated only when DingTalk surely did not take
     /// the message ([`ApiError::surely_not_delivered`]), so a group never sees a reply twice.
-    async fn post(&self, webhook: &Uri, body: &Bytes) -> Result<(), ApiError> {
+    async fn post(&self, webhook: &Uri, reply: &Reply) -> Result<(), ApiError> {
         #[derive(Deserialize)]
         struct Ack {}
         transport::with_retries_if(
@@ -329,9 +330,11 @@ impl ReplySender {
                 let result = async {
                     // Held per attempt only, never while backing off.
                     let _slot = self.slots.acquire().await;
-                    // Boxed once the turn is here: a reply waiting for a connection is
-                    // then a few hundred bytes, not the whole HTTP exchange's state.
-                    let (status, answer) = Box::pin(self.http.post_json(webhook, body)).await?;
+                    // Serialized and boxed once the turn is here: a reply waiting for a
+                    // connection is then a few hundred bytes, not its message and the
+                    // whole HTTP exchange's state.
+                    let body = reply.body();
+                    let (status, answer) = Box::pin(self.http.post_json(webhook, &body)).await?;
                     transport::oapi_answer::<Ack>(Endpoint::SendBySession, status, &answer)
                 }
                 .await;

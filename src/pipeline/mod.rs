@@ -93,6 +93,11 @@ pub struct Job {
 }
 
 impl Job {
+    /// The job, its box freed.
+    fn unbox(job: Box<Job>) -> Job {
+        *job
+    }
+
     /// Whether this job sends the slow-down notice rather than an answer (doors count it
     /// without knowing the bot's types).
     pub fn is_slow_down(&self) -> bool {
@@ -301,12 +306,14 @@ impl Pipeline {
 
     /// Respond and deliver, now.
     async fn run(&self, job: Box<Job>) -> Delivery {
+        // Out of its box at once: moving out of `*job` here would keep the box allocated
+        // to the end of the task (a moved-from box is freed where it goes out of scope).
         let Job {
             callback,
             webhook,
             webhook_expired,
             task,
-        } = *job;
+        } = Job::unbox(job);
         // Both stages are boxed where they are made: the task then stays a few hundred
         // bytes instead of tens of kilobytes copied at every spawn. The callback goes into
         // the first box and only what delivery needs comes out (the text, names and ids
