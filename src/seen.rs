@@ -17,6 +17,10 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 /// Milliseconds past the clock window the ring keeps before a cell is reused: time for the
 /// lazy clearing to catch up (see [`ReplayRing::advance`]).
 const GUARD_MS: i64 = 60_000;
+/// Pages are given back only this far above the lowest millisecond whose cell nobody can
+/// write: that cell is also the one of `now + window + 1`, which a caller whose clock
+/// reading is a little later than the newest the ring has seen may already count in.
+const RELEASE_MARGIN_MS: i64 = 5_000;
 /// The clearing stays this far behind the window's lower edge, so that a caller whose
 /// clock reading is slightly older than another's never finds its cell cleared under it.
 const CLEAR_LAG_MS: i64 = 1_000;
@@ -51,7 +55,8 @@ fn release_pages(words: &[AtomicU64]) {
         let last = end / page * page;
         if last > first {
             // SAFETY: [first, last) lies inside `words`, memory this ring owns (private,
-            // anonymous, from the allocator), and holds only zeros no one writes now;
+            // anonymous, from the allocator), and holds only zeros no one may write now
+            // (see `ReplayRing::advance`);
             // MADV_DONTNEED on such memory makes it read as zero, which it already is. The
             // result is ignored: if the kernel refuses, the pages simply stay resident.
             unsafe {
@@ -88,6 +93,8 @@ pub struct ReplayRing {
     limit: u64,
     /// Every millisecond up to this one has been cleared (or was never used).
     cleared_through: AtomicI64,
+    /// The newest clock reading passed to [`ReplayRing::advance`].
+    latest_now: AtomicI64,
     /// Serialises clearing.
     clearing: Mutex<()>,
 }
@@ -136,6 +143,7 @@ impl ReplayRing {
             window_ms,
             limit,
             cleared_through: AtomicI64::new(now_ms - window_ms - CLEAR_LAG_MS),
+            latest_now: AtomicI64::new(now_ms),
             clearing: Mutex::new(()),
         }
     }
@@ -215,6 +223,10 @@ impl ReplayRing {
     /// while the others wait. Correct because a cell is reused by `ts` only when `ts − len`
     /// ≤ `now − window − GUARD_MS`, which this keeps cleared.
     pub fn advance(&self, now_ms: i64) {
+        let latest = self
+            .latest_now
+            .fetch_max(now_ms, Ordering::AcqRel)
+            .max(now_ms);
         let edge = now_ms - self.window_ms;
         if self.cleared_through.load(Ordering::Acquire) >= edge - GUARD_MS / 2 {
             return;
@@ -244,11 +256,14 @@ impl ReplayRing {
             }
         }
         self.cleared_through.store(to, Ordering::Release);
-        // Cells of milliseconds in (now − window − GUARD_MS, to] are zero and cannot be
-        // counted in again until the clock has moved a full ring on: whole pages of them
-        // go back to the kernel. Every page passes through that stretch (≈ 59 s, a page
-        // is 16 s at 2-bit cells), so what stays resident is what the past hour used.
-        self.release(edge - GUARD_MS + 1, to);
+        // Cells of milliseconds in (latest − window − GUARD_MS, to] are zero, and the
+        // timestamps that share them (a ring later) are beyond `now + window` for every
+        // caller whose clock reading is not ahead of `latest` by RELEASE_MARGIN_MS: whole
+        // pages of them go back to the kernel. Every page passes through that stretch
+        // (≈ 54 s; sweeps come at most ≈ 31 s apart, see `Pipeline::maintain`, and a 4 KiB
+        // page is 16 s at 2-bit cells), so what stays resident is what the past hour used.
+        // With 16 or 64 KiB pages nothing fits in the stretch and nothing is given back.
+        self.release(latest - self.window_ms - GUARD_MS + RELEASE_MARGIN_MS, to);
     }
 
     /// Returns whole pages of the cells of `[from_ts, to_ts]` (all zero, not writable) to
