@@ -7,24 +7,22 @@
 
 use dingbot::seen::{DedupeSet, ReplayRing, Take};
 
-/// Anonymous resident memory of this process, KiB.
-fn rss_anon_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
+/// A `Key:   N kB` field of a `/proc/self` file, in KiB.
+fn kib(file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/self/{file}")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no RssAnon in /proc/self/status:\n{status}"))
 }
 
-/// The system's page size, from `/proc/self/smaps` (`KernelPageSize`).
+/// Anonymous resident memory of this process, KiB.
+fn rss_anon_kib() -> u64 {
+    kib("status", "RssAnon").unwrap_or_else(|| panic!("no RssAnon in /proc/self/status"))
+}
+
+/// The system's page size, KiB (`KernelPageSize` of the first mapping).
 fn page_kib() -> u64 {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
-    smaps
-        .lines()
-        .find_map(|l| l.strip_prefix("KernelPageSize:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(4)
+    kib("smaps", "KernelPageSize").unwrap_or(4)
 }
 
 #[test]
