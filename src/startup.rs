@@ -443,22 +443,25 @@ impl Application {
             } => {
                 let deadline = tokio::time::Instant::now() + self.grace;
                 tracing::info!("shutdown requested: no longer accepting callbacks; finishing replies");
-                // The Stream door stops reading and closes its socket; what it admitted
-                // holds slots, so the drain below covers it too.
+                // The Stream door stops reading, finishes the frame in hand and closes its
+                // socket. It is awaited before the drain refuses new slots: a frame is
+                // acked before it is admitted and DingTalk does not redeliver an acked
+                // message, so one that is acked must still get its slot. What the door
+                // admitted holds slots, so the drain below covers it too.
                 if let Some(stream) = &stream {
                     stream.stop.cancel();
                 }
                 handle.pause().await;
+                if let Some(stream) = &mut stream
+                    && tokio::time::timeout_at(deadline, &mut stream.task).await.is_err()
+                {
+                    tracing::warn!("the Stream connection did not close within the grace period");
+                }
                 if !pipeline.drain(deadline).await {
                     tracing::warn!(
                         pending = pipeline.pending_replies(),
                         "grace period over with replies still pending"
                     );
-                }
-                if let Some(stream) = &mut stream
-                    && tokio::time::timeout_at(deadline, &mut stream.task).await.is_err()
-                {
-                    tracing::warn!("the Stream connection did not close within the grace period");
                 }
                 // What is left are idle keep-alive connections and quick requests (probes,
                 // refusals): a short graceful stop if the deadline allows, else a hard one.

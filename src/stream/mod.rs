@@ -11,7 +11,8 @@
 //! when DingTalk refuses the credentials, WebSocket pings from our side and a watchdog that
 //! replaces a connection silent for `stream.idle_timeout_ms`. A `disconnect` frame opens
 //! the next connection while the old one is still read, and only then closes the old one.
-//! Shutdown stops reading and closes the socket; the pipeline's drain finishes the replies.
+//! Shutdown finishes the frame in hand and closes the socket, still handling frames that
+//! were already on their way; the pipeline's drain then finishes the replies.
 
 mod dial;
 mod recent;
@@ -39,7 +40,7 @@ use recent::RecentIds;
 
 /// How long a replaced connection is still read after our close frame.
 const RETIRE_WAIT: Duration = Duration::from_secs(2);
-/// How long a clean close may take at shutdown.
+/// How long a clean close may take at shutdown (frames read meanwhile are still handled).
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// Frame `messageId`s remembered for frame-level dedupe.
 const RECENT_FRAMES: usize = 4096;
@@ -229,7 +230,7 @@ impl StreamDoor {
             tokio::select! {
                 biased;
                 () = stop.cancelled() => {
-                    close(&mut ws).await;
+                    self.retire(ws, CLOSE_WAIT).await;
                     return End::Shutdown;
                 }
                 () = tokio::time::sleep_until(alive_at + idle) => {
@@ -242,7 +243,7 @@ impl StreamDoor {
                     replacement = None;
                     match next {
                         Ok(new) => {
-                            self.retire(ws).await;
+                            self.retire(ws, RETIRE_WAIT).await;
                             return End::Replaced(Box::new(new));
                         }
                         // Keep reading the old one; when it ends, reconnect as usual.
@@ -303,13 +304,14 @@ impl StreamDoor {
         }
     }
 
-    /// After `disconnect`, once the new connection is open: close the old one, still
-    /// handling what it brings until the gateway confirms (or [`RETIRE_WAIT`]).
-    async fn retire(&mut self, mut old: Socket) {
+    /// Closes `old`, still handling what it brings until the gateway confirms or `wait`
+    /// passes: a frame already on its way when we close is a message DingTalk will not send
+    /// again. Used after `disconnect` (once the new connection is open) and at shutdown.
+    async fn retire(&mut self, mut old: Socket, wait: Duration) {
         if old.close(None).await.is_err() {
             return;
         }
-        let deadline = Instant::now() + RETIRE_WAIT;
+        let deadline = Instant::now() + wait;
         while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, old.next()).await {
             if let Message::Text(text) = message {
                 // A frame after our close cannot be answered any more, but its message is
@@ -477,16 +479,6 @@ fn lost_by(e: &WsError, metrics: &StreamMetrics) -> End {
             detail: dial::describe(other),
         },
     }
-}
-
-/// A clean close at shutdown, bounded by [`CLOSE_WAIT`].
-async fn close(ws: &mut Socket) {
-    let closing = async {
-        if ws.close(None).await.is_ok() {
-            while let Some(Ok(_)) = ws.next().await {}
-        }
-    };
-    let _ = tokio::time::timeout(CLOSE_WAIT, closing).await;
 }
 
 #[cfg(test)]

@@ -526,6 +526,75 @@ async fn stream_graceful_shutdown_sends_every_reply_in_flight() {
     assert!(conns[0].closed_seq.is_some(), "socket closed: {conns:?}");
 }
 
+/// A Stream app with one in-flight slot (waiting up to 5 s for it) whose next `n` chat/get
+/// lookups take `delay_ms`: a second message waits for the slot inside the door.
+async fn one_slow_slot(delay_ms: u64, n: u32) -> StreamApp {
+    let app = spawn_stream(
+        DingTalkMode::Stream,
+        |_| {},
+        |s| {
+            s.server.max_in_flight = std::num::NonZeroUsize::new(1).unwrap();
+            s.server.queue_wait_ms = 5_000;
+        },
+    )
+    .await;
+    app.connected(1).await;
+    app.sandbox.inject(
+        Endpoint::ChatGet,
+        Fault::Delay(Duration::from_millis(delay_ms)),
+        n,
+    );
+    app
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_shutdown_keeps_a_message_acked_while_it_waits_for_a_slot() {
+    // One slot, taken by a slow reply: the second message is acked (the door acks before
+    // any work) and then waits for the slot when shutdown begins. DingTalk will not
+    // redeliver an acked message, so it must still be answered.
+    let mut app = one_slow_slot(700, 2).await;
+    let pushed: Vec<(String, String)> = (0..2).map(|_| app.push(BOUND, "/info")).collect();
+    for (id, _) in &pushed {
+        app.ack(id).await;
+    }
+    assert_eq!(
+        app.sandbox.message_count(),
+        0,
+        "replies should be in flight"
+    );
+    app.stop().await;
+    for (_, s) in &pushed {
+        assert_eq!(
+            app.sandbox.messages_for(s).len(),
+            1,
+            "an acked message lost at shutdown"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_shutdown_handles_a_frame_already_on_the_socket() {
+    // The door is busy (one slot, a slow reply ahead of the second message) while the third
+    // message already sits on the socket unread. DingTalk sent it and will not send it
+    // again, so closing the socket at shutdown must still handle it.
+    let mut app = one_slow_slot(300, 3).await;
+    let pushed: Vec<(String, String)> = (0..3).map(|_| app.push(BOUND, "/info")).collect();
+    app.ack(&pushed[0].0).await;
+    app.ack(&pushed[1].0).await;
+    assert!(
+        app.gateway.acks_for(&pushed[2].0).is_empty(),
+        "the third frame should still be unread"
+    );
+    app.stop().await;
+    for (_, s) in &pushed {
+        assert_eq!(
+            app.sandbox.messages_for(s).len(),
+            1,
+            "a message already sent to dingbot lost at shutdown"
+        );
+    }
+}
+
 #[tokio::test]
 async fn stream_sandbox_gateway_without_a_connection_refuses_pushes() {
     // A frame pushed before any connection has nowhere to go.
