@@ -127,6 +127,8 @@ pub struct ReplySender {
     http: ReplyHttp,
     /// Reply POSTs on the wire at once.
     slots: tokio::sync::Semaphore,
+    /// Their number.
+    parallel: usize,
     /// Retry behaviour (only for failures that surely did not deliver).
     retry: RetryPolicy,
     /// The fallback (`reply.fallback = "robot_api"`), or none.
@@ -147,6 +149,7 @@ impl ReplySender {
         ReplySender {
             http,
             slots: tokio::sync::Semaphore::new(parallel.max(1)),
+            parallel: parallel.max(1),
             retry,
             robot: None,
         }
@@ -161,6 +164,10 @@ impl ReplySender {
 
     /// Whether replies fall back to the robot send APIs (then an expired sessionWebhook
     /// can still be answered).
+    pub fn parallel(&self) -> usize {
+        self.parallel
+    }
+
     pub fn falls_back(&self) -> bool {
         self.robot.is_some()
     }

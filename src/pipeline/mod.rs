@@ -13,15 +13,17 @@
 //!    replay defence and the group budget in [`AdmissionState`] → a [`Decision`] or a
 //!    [`Refusal`];
 //! 3. [`Pipeline::dispatch`] — *respond* ([`Bot::respond`]: the finished message, mention
-//!    and slow-down notice included) and *deliver* ([`ReplySender::deliver`] →
-//!    [`Delivery`]), in a tracked task on the caller's runtime; a `Throttled` delivery puts
-//!    the group's back-off into admission state.
+//!    and slow-down notice included) in a tracked task on the caller's runtime, then
+//!    *deliver* ([`ReplySender::deliver`] → [`Delivery`]) by that task or, when enough
+//!    tasks are delivering already, by one of them after the reply waited in the
+//!    [`Outbox`]; a `Throttled` delivery puts the group's back-off into admission state.
 //!
 //! Nothing here sees HTTP request types or DingTalk error codes.
 
 pub mod admission;
 pub mod redis;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -38,6 +40,7 @@ pub use admission::{
 pub use redis::{RedisAdmission, RedisOptions};
 
 use crate::bot::{Bot, Task};
+use crate::dingtalk::outbound::Reply;
 use crate::dingtalk::sender::ReplyTarget;
 use crate::dingtalk::{
     Callback, ConversationKind, Delivery, ReplySender, WebhookPolicy, WebhookRefusal,
@@ -124,6 +127,104 @@ impl From<Callback> for Recipient {
     }
 }
 
+/// A reply that is built and waits to be delivered: what delivery needs and nothing else.
+struct Outgoing {
+    reply: Reply,
+    recipient: Recipient,
+    webhook: Uri,
+    webhook_expired: bool,
+    /// The callback's span, for what delivery logs.
+    span: tracing::Span,
+    slot: Slot,
+}
+
+/// Replies waiting for their turn. At most `limit` tasks deliver at once (the couriers);
+/// each takes the next waiting reply when its own is out, and the task of a reply built
+/// while all couriers are busy leaves it here and ends. A waiting reply is then an
+/// [`Outgoing`] of a few hundred bytes instead of a parked task and its futures (2.4 KB
+/// each, measured: bench/README.md › Memory under load); up to `server.max_in_flight`
+/// replies wait when DingTalk is slower than the intake.
+struct Outbox<T> {
+    state: std::sync::Mutex<OutboxState<T>>,
+    limit: usize,
+}
+
+struct OutboxState<T> {
+    waiting: VecDeque<T>,
+    couriers: usize,
+}
+
+impl<T> Outbox<T> {
+    fn new(limit: usize) -> Outbox<T> {
+        Outbox {
+            state: std::sync::Mutex::new(OutboxState {
+                waiting: VecDeque::new(),
+                couriers: 0,
+            }),
+            limit: limit.max(1),
+        }
+    }
+
+    /// The poisoned case cannot leave the queue inconsistent: every critical section is a
+    /// push, a pop or a counter step.
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutboxState<T>> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A courier for `outgoing` if fewer than `limit` are out; else it waits its turn.
+    fn enter(&self, outgoing: T) -> Option<(Courier<'_, T>, T)> {
+        let mut state = self.lock();
+        if state.couriers < self.limit {
+            state.couriers += 1;
+            Some((
+                Courier {
+                    outbox: self,
+                    done: false,
+                },
+                outgoing,
+            ))
+        } else {
+            state.waiting.push_back(outgoing);
+            None
+        }
+    }
+
+    fn waiting(&self) -> usize {
+        self.lock().waiting.len()
+    }
+}
+
+/// One delivering task's place among the couriers, given back when nothing waits (or when
+/// the task ends otherwise: the next reply built then finds a place free).
+struct Courier<'a, T> {
+    outbox: &'a Outbox<T>,
+    done: bool,
+}
+
+impl<T> Courier<'_, T> {
+    /// The oldest waiting reply, or `None` after giving the place back. Both under one
+    /// lock: a reply is never left waiting while its would-be courier leaves.
+    fn next(&mut self) -> Option<T> {
+        let mut state = self.outbox.lock();
+        let next = state.waiting.pop_front();
+        if next.is_none() && !self.done {
+            state.couriers -= 1;
+            self.done = true;
+        }
+        next
+    }
+}
+
+impl<T> Drop for Courier<'_, T> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.outbox.lock().couriers -= 1;
+        }
+    }
+}
+
 /// An in-flight slot: held from admission until the reply is out.
 #[derive(Debug)]
 pub struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
@@ -165,6 +266,8 @@ pub struct Pipeline {
     sender: Arc<ReplySender>,
     /// Reply tasks; shutdown waits for them.
     tasks: TaskTracker,
+    /// Replies waiting for a courier.
+    outbox: Outbox<Outgoing>,
     slots: Slots,
 }
 
@@ -179,12 +282,16 @@ impl std::fmt::Debug for Pipeline {
 impl Pipeline {
     /// A pipeline of `parts`.
     pub fn new(parts: Parts) -> Pipeline {
+        // Twice the sender's parallel requests: a courier backing off before a retry gives
+        // up its connection turn, which another courier then takes.
+        let couriers = 2 * parts.sender.parallel();
         Pipeline {
             admission: parts.admission,
             webhooks: parts.webhooks,
             bot: parts.bot,
             sender: parts.sender,
             tasks: TaskTracker::new(),
+            outbox: Outbox::new(couriers),
             slots: Slots {
                 free: Arc::new(Semaphore::new(parts.max_in_flight)),
                 total: u32::try_from(parts.max_in_flight).unwrap_or(u32::MAX),
@@ -288,24 +395,22 @@ impl Pipeline {
     }
 
     /// Stages 2 and 3, *respond* and *deliver*, in a task on the caller's runtime (an
-    /// HTTP worker: no wake-up of another thread per reply, and the pooled connection's
-    /// I/O stays on the same thread). The slot is released when the reply is out; shutdown
-    /// waits for every slot before it stops the workers.
+    /// HTTP worker: no wake-up of another thread per reply). Once the message is built the
+    /// task either delivers it, and then the replies waiting in the [`Outbox`], or leaves
+    /// it there for a task that does. The slot goes with the reply and is released when it
+    /// is out; shutdown waits for every slot before it stops the workers.
     pub fn dispatch(self: &Arc<Self>, job: Job, slot: Slot) {
         let pipeline = self.clone();
         // Boxed, so that the task keeps a pointer rather than room for the whole job
         // (a future keeps its arguments' space while it is pending).
         let job = Box::new(job);
-        let task = async move {
-            pipeline.run(job).await;
-            drop(slot);
-        }
-        .instrument(tracing::Span::current());
-        self.tasks.spawn(task);
+        let span = tracing::Span::current();
+        self.tasks
+            .spawn(async move { pipeline.run(job, slot, span).await });
     }
 
-    /// Respond and deliver, now.
-    async fn run(&self, job: Box<Job>) -> Delivery {
+    /// Respond, then deliver as a courier or leave the reply to one.
+    async fn run(&self, job: Box<Job>, slot: Slot, span: tracing::Span) {
         // Out of its box at once: moving out of `*job` here would keep the box allocated
         // to the end of the task (a moved-from box is freed where it goes out of scope).
         let Job {
@@ -314,15 +419,45 @@ impl Pipeline {
             webhook_expired,
             task,
         } = Job::unbox(job);
-        // Both stages are boxed where they are made: the task then stays a few hundred
-        // bytes instead of tens of kilobytes copied at every spawn. The callback goes into
-        // the first box and only what delivery needs comes out (the text, names and ids
-        // are freed before the reply waits for a connection).
-        let (message, recipient) = Box::pin(async move {
-            let message = self.bot.respond(&callback, task).await;
-            (message, Recipient::from(callback))
+        // Boxed where it is made: the task then stays a few hundred bytes instead of tens
+        // of kilobytes copied at every spawn. The callback goes into the box and only what
+        // delivery needs comes out (the text, names and ids are freed before the reply
+        // waits for a connection).
+        let (reply, recipient) = Box::pin(async move {
+            let reply = self.bot.respond(&callback, task).await;
+            (reply, Recipient::from(callback))
         })
+        .instrument(span.clone())
         .await;
+        let outgoing = Outgoing {
+            reply,
+            recipient,
+            webhook,
+            webhook_expired,
+            span,
+            slot,
+        };
+        let Some((mut courier, first)) = self.outbox.enter(outgoing) else {
+            return;
+        };
+        let mut next = Some(first);
+        while let Some(outgoing) = next {
+            let span = outgoing.span.clone();
+            Box::pin(self.deliver(outgoing)).instrument(span).await;
+            next = courier.next();
+        }
+    }
+
+    /// Delivers one reply and records the outcome; its slot is released at the end.
+    async fn deliver(&self, outgoing: Outgoing) -> Delivery {
+        let Outgoing {
+            reply,
+            recipient,
+            webhook,
+            webhook_expired,
+            slot,
+            ..
+        } = outgoing;
         let target = ReplyTarget {
             webhook: &webhook,
             webhook_expired,
@@ -331,7 +466,7 @@ impl Pipeline {
             sender_staff_id: recipient.sender_staff_id.as_deref(),
             robot_code: recipient.robot_code.as_deref(),
         };
-        let delivery = Box::pin(self.sender.deliver(&target, &message)).await;
+        let delivery = self.sender.deliver(&target, &reply).await;
         match &delivery {
             Delivery::Sent => {
                 telemetry::reply("sent");
@@ -352,6 +487,7 @@ impl Pipeline {
                 tracing::warn!(error = %e, "reply could not be delivered");
             }
         }
+        drop(slot);
         delivery
     }
 
@@ -370,9 +506,10 @@ impl Pipeline {
         self.slots.free.available_permits()
     }
 
-    /// Reply tasks not finished yet.
+    /// Replies not out yet: tasks still responding or delivering, and replies waiting in
+    /// the outbox.
     pub fn pending_replies(&self) -> usize {
-        self.tasks.len()
+        self.tasks.len() + self.outbox.waiting()
     }
 
     /// What admission remembers now.
@@ -439,5 +576,39 @@ impl Pipeline {
     /// Stops accepting reply tasks (after the drain).
     pub fn close(&self) {
         self.tasks.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Outbox;
+
+    #[test]
+    fn outbox_has_at_most_limit_couriers_and_hands_on_in_order() {
+        let outbox = Outbox::new(2);
+        let (mut a, first) = outbox.enter(1).unwrap();
+        assert_eq!(first, 1);
+        let (mut b, second) = outbox.enter(2).unwrap();
+        assert_eq!(second, 2);
+        // Both couriers busy: the next replies wait, oldest first.
+        assert!(outbox.enter(3).is_none());
+        assert!(outbox.enter(4).is_none());
+        assert_eq!(outbox.waiting(), 2);
+        assert_eq!(b.next(), Some(3));
+        assert_eq!(a.next(), Some(4));
+        assert_eq!(outbox.waiting(), 0);
+        // Nothing waits: `a` leaves, and its place is free for the next reply.
+        assert_eq!(a.next(), None);
+        let (_c, fifth) = outbox.enter(5).unwrap();
+        assert_eq!(fifth, 5);
+        assert!(outbox.enter(6).is_none());
+        drop(b);
+        // A courier that ended without asking (a panic, say) also gives its place back.
+        let (mut d, seventh) = outbox.enter(7).unwrap();
+        assert_eq!(seventh, 7);
+        assert_eq!(d.next(), Some(6));
+        assert_eq!(d.next(), None);
+        drop(d);
+        assert_eq!(outbox.lock().couriers, 1);
     }
 }
