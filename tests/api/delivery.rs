@@ -143,3 +143,42 @@ async fn replies_through_reqwest_are_retried_and_never_doubled_too() {
     app.assert_no_more(&next.session, 1).await;
     assert_eq!(app.sandbox.calls(Endpoint::SendBySession), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_beyond_the_delivering_tasks_wait_and_each_goes_out_once() {
+    // One reply POST at a time, so two tasks deliver and the rest of the replies wait in
+    // the outbox; the sessionWebhook is slow and fails once (a retry while others wait).
+    let app = spawn_app_with(|s| {
+        s.dingtalk.max_parallel_requests = std::num::NonZeroUsize::MIN;
+    })
+    .await;
+    app.sandbox.inject(
+        Endpoint::SendBySession,
+        Fault::Delay(Duration::from_millis(100)),
+        4,
+    );
+    app.sandbox
+        .inject(Endpoint::SendBySession, Fault::HttpStatus(502), 1);
+    let outs: Vec<_> = (0..10).map(|_| app.group_text(BOUND, "/help")).collect();
+    for status in futures_util::future::join_all(outs.iter().map(|out| app.send(out))).await {
+        status.assert_accepted();
+    }
+    assert!(
+        app.state.pipeline.pending_replies() > 2,
+        "replies should be waiting: {}",
+        app.state.pipeline.pending_replies()
+    );
+    for out in &outs {
+        app.replies(&out.session, 1).await;
+    }
+    for out in &outs {
+        app.assert_no_more(&out.session, 1).await;
+    }
+    assert_eq!(app.state.callbacks_in_flight(), 0, "every slot given back");
+    assert_eq!(app.state.pipeline.pending_replies(), 0);
+    assert_eq!(
+        app.sandbox.calls(Endpoint::SendBySession),
+        11,
+        "10 + one retry"
+    );
+}
