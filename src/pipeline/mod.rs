@@ -437,13 +437,20 @@ impl Pipeline {
             span,
             slot,
         };
-        let Some((mut courier, first)) = self.outbox.enter(outgoing) else {
+        let Some((courier, first)) = self.outbox.enter(outgoing) else {
             return;
         };
+        // Boxed: a task that only responds (most of them while DingTalk is slow, and all
+        // of a cold start's lookups) then keeps no room for the delivery loop.
+        Box::pin(self.carry(courier, first)).await;
+    }
+
+    /// A courier's round: `first`, then the oldest waiting reply until none waits.
+    async fn carry(&self, mut courier: Courier<'_, Outgoing>, first: Outgoing) {
         let mut next = Some(first);
         while let Some(outgoing) = next {
             let span = outgoing.span.clone();
-            Box::pin(self.deliver(outgoing)).instrument(span).await;
+            self.deliver(outgoing).instrument(span).await;
             next = courier.next();
         }
     }
