@@ -101,6 +101,13 @@ pub struct Bot {
     lookups: tokio::sync::Semaphore,
 }
 
+/// A lookup turn taken before the answer's future is built (see `Bot::respond`): the
+/// permit, or none when the deadline passed first, and the lookup's deadline.
+struct LookupTurn<'a> {
+    permit: Option<tokio::sync::SemaphorePermit<'a>>,
+    deadline: tokio::time::Instant,
+}
+
 /// How long a replica keeps its own copy of a summary when replicas share the cache: a
 /// `/bind` elsewhere reaches this replica's answers within this time.
 const LOCAL_TTL_WHEN_SHARED: Duration = Duration::from_secs(5);
@@ -513,10 +520,16 @@ impl Bot {
     /// when it is sent ([`Reply::body`]), the same bytes on every retry.
     pub async fn respond(&self, cb: &Callback, task: Task) -> Reply {
         let head = match task {
-            Task::Answer => match Box::pin(self.answer(cb)).await {
-                Answer::Fresh(rendered) => Arc::new(head(&rendered)),
-                Answer::Shared(head) => head,
-            },
+            Task::Answer => {
+                // A cold `/info` waits for its lookup turn here, in a small future, before
+                // the answer's (several hundred bytes) is boxed: on a cold start every
+                // admitted callback waits at once.
+                let turn = self.lookup_turn(cb).await;
+                match Box::pin(self.answer(cb, turn)).await {
+                    Answer::Fresh(rendered) => Arc::new(head(&rendered)),
+                    Answer::Shared(head) => head,
+                }
+            }
             Task::SlowDown { retry_after_secs } => {
                 #[derive(Serialize)]
                 struct SlowView {
@@ -536,7 +549,27 @@ impl Bot {
         Reply::new(head, inline, mention)
     }
 
-    async fn answer(&self, cb: &Callback) -> Answer {
+    /// For an `/info` in a group whose summary this process has not cached: one of the
+    /// lookup turns, waited for within the lookup deadline, and when that deadline began.
+    async fn lookup_turn(&self, cb: &Callback) -> Option<LookupTurn<'_>> {
+        let cold = cb.kind == ConversationKind::Group
+            && matches!(&cb.body, Body::Text(text) if command::parse(text) == Command::Info)
+            && self
+                .info_cache
+                .as_ref()
+                .is_none_or(|cache| !cache.contains_key(&cb.conversation_id));
+        if !cold {
+            return None;
+        }
+        let deadline = tokio::time::Instant::now() + self.lookup_deadline;
+        let permit = tokio::time::timeout_at(deadline, self.lookups.acquire())
+            .await
+            .ok()
+            .and_then(Result::ok);
+        Some(LookupTurn { permit, deadline })
+    }
+
+    async fn answer(&self, cb: &Callback, turn: Option<LookupTurn<'_>>) -> Answer {
         let text = match &cb.body {
             Body::Text(t) => t,
             Body::Other(kind) => {
@@ -557,7 +590,7 @@ impl Bot {
                 ConversationKind::OneToOne => {
                     self.renderer.render(Template::PrivateOnly, &()).into()
                 }
-                ConversationKind::Group => self.info(cb).await,
+                ConversationKind::Group => self.info(cb, turn).await,
             },
             Command::Bind(chatid) => Box::pin(self.bind(cb, &chatid)).await.into(),
         }
@@ -568,7 +601,7 @@ impl Bot {
             .render(Template::Help, &HelpView::new(unknown))
     }
 
-    async fn info(&self, cb: &Callback) -> Answer {
+    async fn info(&self, cb: &Callback, turn: Option<LookupTurn<'_>>) -> Answer {
         // A cache hit needs neither the deadline nor the (large) resolver future.
         let hit = match &self.info_cache {
             Some(cache) => cache.get(&cb.conversation_id).await,
@@ -580,14 +613,23 @@ impl Bot {
                 Ok(Ok(looked))
             }
             None => {
+                // The turn taken in `respond` (its wait counts against the deadline), or
+                // one taken now if the summary left the cache in between.
+                let (permit, deadline) = match turn {
+                    Some(LookupTurn { permit, deadline }) => (permit, deadline),
+                    None => (None, tokio::time::Instant::now() + self.lookup_deadline),
+                };
                 let resolve = async {
                     // Never closed; without a turn the lookup would still be bounded by
                     // the API call cap.
-                    let _turn = self.lookups.acquire().await.ok();
+                    let _turn = match permit {
+                        Some(permit) => Some(permit),
+                        None => self.lookups.acquire().await.ok(),
+                    };
                     let title = cb.conversation_title.as_deref();
                     Box::pin(self.summary(&cb.conversation_id, title)).await
                 };
-                tokio::time::timeout(self.lookup_deadline, resolve).await
+                tokio::time::timeout_at(deadline, resolve).await
             }
         };
         match lookup {
