@@ -130,10 +130,10 @@ fn main() -> ExitCode {
 /// `GLIBC_TUNABLES=glibc.malloc.arena_max=…`, when set, wins.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn limit_malloc_arenas() {
-    let tuned = |name: &str, needle: &str| {
-        std::env::var_os(name).is_some_and(|v| v.to_string_lossy().contains(needle))
-    };
-    if tuned("MALLOC_ARENA_MAX", "") || tuned("GLIBC_TUNABLES", "arena_max") {
+    let tunables = std::env::var_os("GLIBC_TUNABLES").unwrap_or_default();
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some()
+        || tunables.to_string_lossy().contains("arena_max")
+    {
         return;
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());

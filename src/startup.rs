@@ -443,15 +443,17 @@ impl Application {
             } => {
                 let deadline = tokio::time::Instant::now() + self.grace;
                 tracing::info!("shutdown requested: no longer accepting callbacks; finishing replies");
-                // The Stream door stops reading, finishes the frame in hand and closes its
-                // socket. It is awaited before the drain refuses new slots: a frame is
-                // acked before it is admitted and DingTalk does not redeliver an acked
-                // message, so one that is acked must still get its slot. What the door
-                // admitted holds slots, so the drain below covers it too.
+                // Callbacks not yet admitted are refused from here on (503 over HTTP). The
+                // Stream door finishes the frames it has received and closes its socket;
+                // it is awaited before the drain takes every slot: a frame is acked before
+                // it is admitted and DingTalk does not redeliver a robot message, so the
+                // door's messages still get slots (`Pipeline::slot_for_taken`). What the
+                // door admitted holds slots, so the drain below covers it too.
                 if let Some(stream) = &stream {
                     stream.stop.cancel();
                 }
                 handle.pause().await;
+                pipeline.refuse_new();
                 if let Some(stream) = &mut stream
                     && tokio::time::timeout_at(deadline, &mut stream.task).await.is_err()
                 {

@@ -162,12 +162,13 @@ impl ReplySender {
         self
     }
 
-    /// Whether replies fall back to the robot send APIs (then an expired sessionWebhook
-    /// can still be answered).
+    /// Reply POSTs allowed at once (`dingtalk.max_parallel_requests`).
     pub fn parallel(&self) -> usize {
         self.parallel
     }
 
+    /// Whether replies fall back to the robot send APIs (then an expired sessionWebhook
+    /// can still be answered).
     pub fn falls_back(&self) -> bool {
         self.robot.is_some()
     }

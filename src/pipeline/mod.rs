@@ -194,6 +194,34 @@ impl<T> Outbox<T> {
     fn waiting(&self) -> usize {
         self.lock().waiting.len()
     }
+
+    /// How many tasks are delivering.
+    fn couriers(&self) -> usize {
+        self.lock().couriers
+    }
+
+    /// Whether replies wait while a courier's place is free (see `Pipeline::rescue`).
+    fn stranded(&self) -> bool {
+        let state = self.lock();
+        state.couriers < self.limit && !state.waiting.is_empty()
+    }
+
+    /// A courier for the oldest waiting reply, if [`Outbox::stranded`].
+    fn rescue(&self) -> Option<(Courier<'_, T>, T)> {
+        let mut state = self.lock();
+        if state.couriers >= self.limit {
+            return None;
+        }
+        let first = state.waiting.pop_front()?;
+        state.couriers += 1;
+        Some((
+            Courier {
+                outbox: self,
+                done: false,
+            },
+            first,
+        ))
+    }
 }
 
 /// One delivering task's place among the couriers, given back when nothing waits (or when
@@ -314,6 +342,24 @@ impl Pipeline {
     /// An in-flight slot: at once when one is free, else after waiting up to
     /// `server.queue_wait_ms` (first come, first served); refused while shutting down.
     pub async fn slot(&self) -> Result<Slot, Refusal> {
+        self.take_slot(true).await
+    }
+
+    /// A slot for a message the door has already taken from DingTalk (the Stream door acks
+    /// a frame before admitting it, and DingTalk does not send a robot message again):
+    /// as [`Pipeline::slot`], but not refused while shutdown waits for the door to finish
+    /// ([`Pipeline::refuse_new`]), only once the drain has closed the slots.
+    pub async fn slot_for_taken(&self) -> Result<Slot, Refusal> {
+        self.take_slot(false).await
+    }
+
+    /// Shutdown's first step: callbacks not yet admitted are refused (`ShuttingDown`) from
+    /// now on, except those [`Pipeline::slot_for_taken`] is for.
+    pub fn refuse_new(&self) {
+        self.slots.draining.store(true, Ordering::SeqCst);
+    }
+
+    async fn take_slot(&self, refuse_while_draining: bool) -> Result<Slot, Refusal> {
         let slots = &self.slots;
         let permit = match slots.free.clone().try_acquire_owned() {
             Ok(permit) => permit,
@@ -330,7 +376,7 @@ impl Pipeline {
                 }
             }
         };
-        if slots.draining.load(Ordering::SeqCst) {
+        if refuse_while_draining && slots.draining.load(Ordering::SeqCst) {
             return Err(Refusal::ShuttingDown);
         }
         Ok(Slot(permit))
@@ -455,6 +501,25 @@ impl Pipeline {
         }
     }
 
+    /// Starts a courier on this runtime if replies wait while a courier's place is free:
+    /// left behind by couriers whose tasks ended without handing on (a panic, or the
+    /// runtime of an HTTP worker that stopped). Called by `maintain` and `drain`.
+    fn rescue(self: &Arc<Self>) {
+        if !self.outbox.stranded() {
+            return;
+        }
+        tracing::warn!(
+            waiting = self.outbox.waiting(),
+            "replies were left waiting without a courier; delivering them now"
+        );
+        let pipeline = self.clone();
+        self.tasks.spawn(async move {
+            if let Some((courier, first)) = pipeline.outbox.rescue() {
+                pipeline.carry(courier, first).await;
+            }
+        });
+    }
+
     /// Delivers one reply and records the outcome; its slot is released at the end.
     async fn deliver(&self, outgoing: Outgoing) -> Delivery {
         let Outgoing {
@@ -513,6 +578,11 @@ impl Pipeline {
         self.slots.free.available_permits()
     }
 
+    /// Replies built and waiting in the outbox for a courier, and the tasks delivering.
+    pub fn outbox_counts(&self) -> (usize, usize) {
+        (self.outbox.waiting(), self.outbox.couriers())
+    }
+
     /// Replies not out yet: tasks still responding or delivering, and replies waiting in
     /// the outbox.
     pub fn pending_replies(&self) -> usize {
@@ -540,7 +610,8 @@ impl Pipeline {
     }
 
     /// Periodic upkeep of admission state and the gauges that follow it.
-    pub async fn maintain(&self) {
+    pub async fn maintain(self: &Arc<Self>) {
+        self.rescue();
         let sizes = self.admission.maintain(crate::clock::now_ms());
         telemetry::tracked_groups(sizes.groups);
         telemetry::remembered("dedupe", sizes.dedupe);
@@ -551,8 +622,9 @@ impl Pipeline {
 
     /// Shutdown: new callbacks are refused from now on, and this completes when every
     /// admitted callback's reply is out, or at `deadline` (then returns false).
-    pub async fn drain(&self, deadline: tokio::time::Instant) -> bool {
+    pub async fn drain(self: &Arc<Self>, deadline: tokio::time::Instant) -> bool {
         self.slots.draining.store(true, Ordering::SeqCst);
+        self.rescue();
         // Every admitted callback holds a slot until its reply is out: owning all of them
         // means nothing is left to finish.
         let all = self.slots.free.acquire_many(self.slots.total);
@@ -617,5 +689,21 @@ mod tests {
         assert_eq!(d.next(), None);
         drop(d);
         assert_eq!(outbox.lock().couriers, 1);
+    }
+
+    #[test]
+    fn replies_left_by_a_dropped_courier_can_be_rescued() {
+        let outbox = Outbox::new(1);
+        let (courier, _) = outbox.enter(1).unwrap();
+        assert!(outbox.enter(2).is_none());
+        assert!(!outbox.stranded(), "a courier is out");
+        assert!(outbox.rescue().is_none());
+        drop(courier);
+        assert!(outbox.stranded());
+        let (mut rescuer, first) = outbox.rescue().unwrap();
+        assert_eq!(first, 2);
+        assert!(!outbox.stranded());
+        assert_eq!(rescuer.next(), None);
+        assert_eq!(outbox.couriers(), 0);
     }
 }

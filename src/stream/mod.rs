@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::OptionFuture;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
@@ -210,6 +210,11 @@ impl StreamDoor {
                 }
             }
         }
+        // Stopped right after a `disconnect` replaced the connection: the new one may
+        // already carry messages.
+        if let Some(ws) = ready.take() {
+            self.shut(ws).await;
+        }
         self.status.stopped();
         self.metrics.connected(false);
         tracing::info!("Stream door stopped");
@@ -230,7 +235,7 @@ impl StreamDoor {
             tokio::select! {
                 biased;
                 () = stop.cancelled() => {
-                    self.retire(ws, CLOSE_WAIT).await;
+                    self.shut(ws).await;
                     return End::Shutdown;
                 }
                 () = tokio::time::sleep_until(alive_at + idle) => {
@@ -308,10 +313,14 @@ impl StreamDoor {
     /// passes: a frame already on its way when we close is a message DingTalk will not send
     /// again. Used after `disconnect` (once the new connection is open) and at shutdown.
     async fn retire(&mut self, mut old: Socket, wait: Duration) {
-        if old.close(None).await.is_err() {
+        let deadline = Instant::now() + wait;
+        if !matches!(
+            tokio::time::timeout_at(deadline, old.close(None)).await,
+            Ok(Ok(()))
+        ) {
             return;
         }
-        let deadline = Instant::now() + wait;
+        // Only the reads are bounded: a message already read is handled to the end.
         while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, old.next()).await {
             if let Message::Text(text) = message {
                 // A frame after our close cannot be answered any more, but its message is
@@ -319,6 +328,20 @@ impl StreamDoor {
                 let _ = self.on_text(&mut old, text.as_str(), false).await;
             }
         }
+    }
+
+    /// Shutdown: the frames already received are handled and acked while the socket can
+    /// still be written, then it is closed as in [`Self::retire`] (what arrives before the
+    /// gateway confirms is still handled, unacked), for at most [`CLOSE_WAIT`] of reading.
+    async fn shut(&mut self, mut ws: Socket) {
+        while let Some(Some(Ok(message))) = ws.next().now_or_never() {
+            if let Message::Text(text) = message
+                && self.on_text(&mut ws, text.as_str(), true).await.is_err()
+            {
+                break;
+            }
+        }
+        self.retire(ws, CLOSE_WAIT).await;
     }
 
     /// Handles a text frame; `Ok(true)` for `disconnect`. `answer` is false on a socket
@@ -415,7 +438,7 @@ impl StreamDoor {
                 }
             };
         let pipeline = &self.pipeline;
-        let slot = match pipeline.slot().await {
+        let slot = match pipeline.slot_for_taken().await {
             Ok(slot) => slot,
             Err(refusal) => return refused(&refusal),
         };

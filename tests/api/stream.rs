@@ -552,7 +552,7 @@ async fn stream_shutdown_keeps_a_message_acked_while_it_waits_for_a_slot() {
     // One slot, taken by a slow reply: the second message is acked (the door acks before
     // any work) and then waits for the slot when shutdown begins. DingTalk will not
     // redeliver an acked message, so it must still be answered.
-    let mut app = one_slow_slot(700, 2).await;
+    let mut app = one_slow_slot(1_200, 2).await;
     let pushed: Vec<(String, String)> = (0..2).map(|_| app.push(BOUND, "/info")).collect();
     for (id, _) in &pushed {
         app.ack(id).await;
@@ -577,7 +577,7 @@ async fn stream_shutdown_handles_a_frame_already_on_the_socket() {
     // The door is busy (one slot, a slow reply ahead of the second message) while the third
     // message already sits on the socket unread. DingTalk sent it and will not send it
     // again, so closing the socket at shutdown must still handle it.
-    let mut app = one_slow_slot(300, 3).await;
+    let mut app = one_slow_slot(1_200, 3).await;
     let pushed: Vec<(String, String)> = (0..3).map(|_| app.push(BOUND, "/info")).collect();
     app.ack(&pushed[0].0).await;
     app.ack(&pushed[1].0).await;
