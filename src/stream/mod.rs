@@ -11,8 +11,9 @@
 //! when DingTalk refuses the credentials, WebSocket pings from our side and a watchdog that
 //! replaces a connection silent for `stream.idle_timeout_ms`. A `disconnect` frame opens
 //! the next connection while the old one is still read, and only then closes the old one.
-//! Shutdown finishes the frame in hand and closes the socket, still handling frames that
-//! were already on their way; the pipeline's drain then finishes the replies.
+//! Shutdown finishes the frame in hand, handles and acks the frames already received, and
+//! closes the socket, still handling frames that were already on their way; the
+//! pipeline's drain then finishes the replies.
 
 mod dial;
 mod recent;
