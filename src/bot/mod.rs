@@ -101,8 +101,16 @@ pub struct Bot {
     lookups: tokio::sync::Semaphore,
 }
 
-/// A lookup turn taken before the answer's future is built (see `Bot::respond`): the
-/// permit, or none when the deadline passed first, and the lookup's deadline.
+/// What `Bot::respond` found for an `/info` before the answer's future is built.
+enum Prepared<'a> {
+    /// The group's summary, cached.
+    Cached(Arc<Looked>),
+    /// Not cached: a lookup turn.
+    Cold(LookupTurn<'a>),
+}
+
+/// A lookup turn taken before the answer's future is built: the permit, or none when the
+/// deadline passed first, and the lookup's deadline.
 struct LookupTurn<'a> {
     permit: Option<tokio::sync::SemaphorePermit<'a>>,
     deadline: tokio::time::Instant,
@@ -549,27 +557,29 @@ impl Bot {
         Reply::new(head, inline, mention)
     }
 
-    /// For an `/info` in a group whose summary this process has not cached: one of the
-    /// lookup turns, waited for within the lookup deadline, and when that deadline began.
-    async fn lookup_turn(&self, cb: &Callback) -> Option<LookupTurn<'_>> {
-        let cold = cb.kind == ConversationKind::Group
-            && matches!(&cb.body, Body::Text(text) if command::parse(text) == Command::Info)
-            && self
-                .info_cache
-                .as_ref()
-                .is_none_or(|cache| !cache.contains_key(&cb.conversation_id));
-        if !cold {
+    /// For an `/info` in a group: its cached summary, or else one of the lookup turns,
+    /// waited for within the lookup deadline, and that deadline.
+    async fn lookup_turn(&self, cb: &Callback) -> Option<Prepared<'_>> {
+        let info = cb.kind == ConversationKind::Group
+            && matches!(&cb.body, Body::Text(text) if command::parse(text) == Command::Info);
+        if !info {
             return None;
+        }
+        // The one cache read of this `/info`: `info` uses the hit.
+        if let Some(cache) = &self.info_cache
+            && let Some(looked) = cache.get(&cb.conversation_id).await
+        {
+            return Some(Prepared::Cached(looked));
         }
         let deadline = tokio::time::Instant::now() + self.lookup_deadline;
         let permit = tokio::time::timeout_at(deadline, self.lookups.acquire())
             .await
             .ok()
             .and_then(Result::ok);
-        Some(LookupTurn { permit, deadline })
+        Some(Prepared::Cold(LookupTurn { permit, deadline }))
     }
 
-    async fn answer(&self, cb: &Callback, turn: Option<LookupTurn<'_>>) -> Answer {
+    async fn answer(&self, cb: &Callback, turn: Option<Prepared<'_>>) -> Answer {
         let text = match &cb.body {
             Body::Text(t) => t,
             Body::Other(kind) => {
@@ -601,11 +611,15 @@ impl Bot {
             .render(Template::Help, &HelpView::new(unknown))
     }
 
-    async fn info(&self, cb: &Callback, turn: Option<LookupTurn<'_>>) -> Answer {
+    async fn info(&self, cb: &Callback, prepared: Option<Prepared<'_>>) -> Answer {
         // A cache hit needs neither the deadline nor the (large) resolver future.
-        let hit = match &self.info_cache {
-            Some(cache) => cache.get(&cb.conversation_id).await,
-            None => None,
+        let (hit, turn) = match prepared {
+            Some(Prepared::Cached(looked)) => (Some(looked), None),
+            Some(Prepared::Cold(turn)) => (None, Some(turn)),
+            None => match &self.info_cache {
+                Some(cache) => (cache.get(&cb.conversation_id).await, None),
+                None => (None, None),
+            },
         };
         let lookup = match hit {
             Some(looked) => {
@@ -614,7 +628,7 @@ impl Bot {
             }
             None => {
                 // The turn taken in `respond` (its wait counts against the deadline), or
-                // one taken now if the summary left the cache in between.
+                // one taken now.
                 let (permit, deadline) = match turn {
                     Some(LookupTurn { permit, deadline }) => (permit, deadline),
                     None => (None, tokio::time::Instant::now() + self.lookup_deadline),

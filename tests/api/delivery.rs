@@ -163,8 +163,15 @@ async fn replies_beyond_the_delivering_tasks_wait_and_each_goes_out_once() {
     for status in futures_util::future::join_all(outs.iter().map(|out| app.send(out))).await {
         status.assert_accepted();
     }
-    // The slow POSTs take 1.6 s one after the other; meanwhile the rest wait as values.
-    let (waiting, couriers) = app.state.pipeline.outbox_counts();
+    // The slow POSTs take 1.6 s one after the other; meanwhile the rest wait as values
+    // (once their tasks have run: the HTTP answers may come first).
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut counts = app.state.pipeline.outbox_counts();
+    while counts.0 == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        counts = app.state.pipeline.outbox_counts();
+    }
+    let (waiting, couriers) = counts;
     assert!(waiting > 0, "replies should wait in the outbox");
     assert!(couriers <= 2, "at most 2 x 1 tasks deliver: {couriers}");
     for out in &outs {
