@@ -101,19 +101,14 @@ pub struct Bot {
     lookups: tokio::sync::Semaphore,
 }
 
-/// What `Bot::respond` found for an `/info` before the answer's future is built.
+/// What `/info` has before its lookup and rendering are built (`Bot::prepare_info`).
 enum Prepared<'a> {
     /// The group's summary, cached.
     Cached(Arc<Looked>),
-    /// Not cached: a lookup turn.
-    Cold(LookupTurn<'a>),
-}
-
-/// A lookup turn taken before the answer's future is built: the permit, or none when the
-/// deadline passed first, and the lookup's deadline.
-struct LookupTurn<'a> {
-    permit: Option<tokio::sync::SemaphorePermit<'a>>,
-    deadline: tokio::time::Instant,
+    /// Not cached: a lookup turn and the lookup's deadline (the wait counted against it).
+    Turn(tokio::sync::SemaphorePermit<'a>, tokio::time::Instant),
+    /// Not cached, and no turn came before the deadline.
+    TooSlow,
 }
 
 /// How long a replica keeps its own copy of a summary when replicas share the cache: a
@@ -528,16 +523,11 @@ impl Bot {
     /// when it is sent ([`Reply::body`]), the same bytes on every retry.
     pub async fn respond(&self, cb: &Callback, task: Task) -> Reply {
         let head = match task {
-            Task::Answer => {
-                // A cold `/info` waits for its lookup turn here, in a small future, before
-                // the answer's (several hundred bytes) is boxed: on a cold start every
-                // admitted callback waits at once.
-                let turn = self.lookup_turn(cb).await;
-                match Box::pin(self.answer(cb, turn)).await {
-                    Answer::Fresh(rendered) => Arc::new(head(&rendered)),
-                    Answer::Shared(head) => head,
-                }
-            }
+            // Not boxed: what is large in an answer (a lookup, `/bind`) is boxed inside.
+            Task::Answer => match self.answer(cb).await {
+                Answer::Fresh(rendered) => Arc::new(head(&rendered)),
+                Answer::Shared(head) => head,
+            },
             Task::SlowDown { retry_after_secs } => {
                 #[derive(Serialize)]
                 struct SlowView {
@@ -557,29 +547,7 @@ impl Bot {
         Reply::new(head, inline, mention)
     }
 
-    /// For an `/info` in a group: its cached summary, or else one of the lookup turns,
-    /// waited for within the lookup deadline, and that deadline.
-    async fn lookup_turn(&self, cb: &Callback) -> Option<Prepared<'_>> {
-        let info = cb.kind == ConversationKind::Group
-            && matches!(&cb.body, Body::Text(text) if command::parse(text) == Command::Info);
-        if !info {
-            return None;
-        }
-        // The one cache read of this `/info`: `info` uses the hit.
-        if let Some(cache) = &self.info_cache
-            && let Some(looked) = cache.get(&cb.conversation_id).await
-        {
-            return Some(Prepared::Cached(looked));
-        }
-        let deadline = tokio::time::Instant::now() + self.lookup_deadline;
-        let permit = tokio::time::timeout_at(deadline, self.lookups.acquire())
-            .await
-            .ok()
-            .and_then(Result::ok);
-        Some(Prepared::Cold(LookupTurn { permit, deadline }))
-    }
-
-    async fn answer(&self, cb: &Callback, turn: Option<Prepared<'_>>) -> Answer {
+    async fn answer(&self, cb: &Callback) -> Answer {
         let text = match &cb.body {
             Body::Text(t) => t,
             Body::Other(kind) => {
@@ -600,7 +568,7 @@ impl Bot {
                 ConversationKind::OneToOne => {
                     self.renderer.render(Template::PrivateOnly, &()).into()
                 }
-                ConversationKind::Group => self.info(cb, turn).await,
+                ConversationKind::Group => self.info(cb).await,
             },
             Command::Bind(chatid) => Box::pin(self.bind(cb, &chatid)).await.into(),
         }
@@ -611,43 +579,49 @@ impl Bot {
             .render(Template::Help, &HelpView::new(unknown))
     }
 
-    async fn info(&self, cb: &Callback, prepared: Option<Prepared<'_>>) -> Answer {
-        // A cache hit needs neither the deadline nor the (large) resolver future.
-        let (hit, turn) = match prepared {
-            Some(Prepared::Cached(looked)) => (Some(looked), None),
-            Some(Prepared::Cold(turn)) => (None, Some(turn)),
-            None => match &self.info_cache {
-                Some(cache) => (cache.get(&cb.conversation_id).await, None),
-                None => (None, None),
-            },
-        };
-        let lookup = match hit {
-            Some(looked) => {
+    /// `/info` in a group. A cold one waits for its lookup turn in a small future, before
+    /// the lookup and the rendering (several hundred bytes) are boxed: on a cold start
+    /// every admitted callback waits at once.
+    async fn info(&self, cb: &Callback) -> Answer {
+        let prepared = self.prepare_info(cb).await;
+        Box::pin(self.info_answer(cb, prepared)).await
+    }
+
+    /// The group's cached summary, or else one of the lookup turns, waited for within the
+    /// lookup deadline.
+    async fn prepare_info(&self, cb: &Callback) -> Prepared<'_> {
+        if let Some(cache) = &self.info_cache
+            && let Some(looked) = cache.get(&cb.conversation_id).await
+        {
+            return Prepared::Cached(looked);
+        }
+        let deadline = tokio::time::Instant::now() + self.lookup_deadline;
+        // The semaphore is never closed: only the deadline ends the wait without a turn.
+        match tokio::time::timeout_at(deadline, self.lookups.acquire()).await {
+            Ok(Ok(turn)) => Prepared::Turn(turn, deadline),
+            _ => Prepared::TooSlow,
+        }
+    }
+
+    async fn info_answer(&self, cb: &Callback, prepared: Prepared<'_>) -> Answer {
+        // None: the deadline passed.
+        let lookup = match prepared {
+            Prepared::Cached(looked) => {
                 telemetry::cache("group_info", true);
-                Ok(Ok(looked))
+                Some(Ok(looked))
             }
-            None => {
-                // The turn taken in `respond` (its wait counts against the deadline), or
-                // one taken now.
-                let (permit, deadline) = match turn {
-                    Some(LookupTurn { permit, deadline }) => (permit, deadline),
-                    None => (None, tokio::time::Instant::now() + self.lookup_deadline),
-                };
+            Prepared::Turn(turn, deadline) => {
                 let resolve = async {
-                    // Never closed; without a turn the lookup would still be bounded by
-                    // the API call cap.
-                    let _turn = match permit {
-                        Some(permit) => Some(permit),
-                        None => self.lookups.acquire().await.ok(),
-                    };
+                    let _turn = turn;
                     let title = cb.conversation_title.as_deref();
                     Box::pin(self.summary(&cb.conversation_id, title)).await
                 };
-                tokio::time::timeout_at(deadline, resolve).await
+                tokio::time::timeout_at(deadline, resolve).await.ok()
             }
+            Prepared::TooSlow => None,
         };
         match lookup {
-            Ok(Ok(looked)) if looked.summary.is_empty() => {
+            Some(Ok(looked)) if looked.summary.is_empty() => {
                 let summary = &looked.summary;
                 let reasons = summary.why(Field::Name);
                 let denied_scopes = denied_scopes(&reasons);
@@ -663,7 +637,7 @@ impl Bot {
                     )
                     .into()
             }
-            Ok(Ok(looked)) => Answer::Shared(
+            Some(Ok(looked)) => Answer::Shared(
                 looked
                     .reply
                     .get_or_init(|| {
@@ -674,13 +648,13 @@ impl Bot {
                     })
                     .clone(),
             ),
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 tracing::warn!(error = %e, "group lookup failed");
                 self.renderer
                     .render(Template::InfoError, &ErrorView::from_api(&e))
                     .into()
             }
-            Err(_) => {
+            None => {
                 tracing::warn!("group lookup hit its deadline");
                 self.renderer
                     .render(Template::InfoError, &ErrorView::slow())

@@ -177,6 +177,17 @@ impl StreamApp {
         false
     }
 
+    /// Each pushed `(message id, session)` got exactly one reply by now.
+    fn each_answered_once(&self, pushed: &[(String, String)], what: &str) {
+        for (id, session) in pushed {
+            assert_eq!(
+                self.sandbox.messages_for(session).len(),
+                1,
+                "{what}: message {id}"
+            );
+        }
+    }
+
     async fn stop(&mut self) {
         self.shutdown.cancel();
         if let Some(server) = self.server.take() {
@@ -515,13 +526,7 @@ async fn stream_graceful_shutdown_sends_every_reply_in_flight() {
         "replies should still be in flight"
     );
     app.stop().await;
-    for (_, s) in &pushed {
-        assert_eq!(
-            app.sandbox.messages_for(s).len(),
-            1,
-            "reply lost at shutdown"
-        );
-    }
+    app.each_answered_once(&pushed, "reply lost at shutdown");
     let conns = app.gateway.connections();
     assert!(conns[0].closed_seq.is_some(), "socket closed: {conns:?}");
 }
@@ -563,13 +568,7 @@ async fn stream_shutdown_keeps_a_message_acked_while_it_waits_for_a_slot() {
         "replies should be in flight"
     );
     app.stop().await;
-    for (_, s) in &pushed {
-        assert_eq!(
-            app.sandbox.messages_for(s).len(),
-            1,
-            "an acked message lost at shutdown"
-        );
-    }
+    app.each_answered_once(&pushed, "an acked message lost at shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -586,13 +585,10 @@ async fn stream_shutdown_handles_a_frame_already_on_the_socket() {
         "the third frame should still be unread"
     );
     app.stop().await;
-    for (_, s) in &pushed {
-        assert_eq!(
-            app.sandbox.messages_for(s).len(),
-            1,
-            "a message already sent to dingbot lost at shutdown"
-        );
-    }
+    app.each_answered_once(
+        &pushed,
+        "a message already sent to dingbot lost at shutdown",
+    );
 }
 
 #[tokio::test]
