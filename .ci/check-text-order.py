@@ -4,12 +4,14 @@
 usage: check-text-order.py <binary> <order file>
 
 Fails (exit 1) when fewer than 95 % of the listed functions exist in the binary (the list
-is stale: a dependency or a hot path changed; run bench/text-order.sh), or when they are
-not placed first in .text in the listed order (the linker ignored the list). When the
-binary was built by another toolchain than the one the list was made with, every symbol
-name differs: that is reported loudly and not failed, since CI's toolchain is not ours to
-choose.
+is stale: Cargo.lock changed, or functions were renamed or removed; run
+bench/text-order.sh), or when they are not placed first in .text in the listed order (the
+linker ignored the list). When the binary was built by another toolchain than the one the
+list was made with, every symbol name differs: that is reported loudly and not failed,
+since CI's toolchain is not ours to choose (a pinned one would have to be downloaded).
 """
+import hashlib
+import os
 import subprocess
 import sys
 
@@ -43,7 +45,13 @@ def main(binary, order_path):
     print(f"{len(found)} of {len(listed)} listed functions are in {binary} ({share:.1%})")
     failed = False
     if share < 0.95:
-        print("FAIL: the list is stale (a dependency or a hot path changed); "
+        lock = os.path.join(os.path.dirname(os.path.abspath(order_path)), "..", "Cargo.lock")
+        made_for = next((l.split(":", 1)[1].strip() for l in lines
+                         if l.startswith("# Cargo.lock sha256:")), None)
+        this_lock = hashlib.sha256(open(lock, "rb").read()).hexdigest()
+        cause = ("Cargo.lock changed since it was made" if made_for != this_lock
+                 else "functions were renamed or removed")
+        print(f"FAIL: the list is stale ({cause}); "
               "run bench/text-order.sh and commit bench/text-order.txt")
         failed = True
     addresses = [where[name] for name in found]
