@@ -5,13 +5,14 @@
 //! runs (fault-around), so the code of a process counts in its resident memory by the
 //! blocks it touches, not by the functions it runs. In the default layout the 2,100-odd
 //! functions a serving dingbot runs (2.9 MB of its 10 MB of code) are spread over most of
-//! the binary: 7.6 MiB of code was resident at the `/info` benchmark's peak, against 2 MiB
-//! for the bare handler; laid out by the list, 3.8–4.0 MiB (peak RSS 22.2–23.4 → 18.6–19.9
-//! MiB, and 2–3 % less CPU per `/info`). `bench/text-order.txt` lists those functions, hottest first, as
-//! measured by `bench/text-order.sh` (callgrind under the benchmark's load); the linker
-//! places them first and in that order (`--symbol-ordering-file`, an LLD option; LLD is
-//! Rust's default linker on x86_64 Linux). Measured in `bench/README.md` › Memory under
-//! load; nothing but the layout changes.
+//! the binary: 7.3–7.7 MiB of code was resident at the `/info` benchmark's peak, against
+//! 2 MiB for the bare handler; laid out by the list, 3.8–4.0 MiB (peak RSS 22.2–23.4 →
+//! 18.6–19.9 MiB, and 2–3 % less CPU per `/info`). `bench/text-order.txt` lists those
+//! functions, hottest first, as measured by `bench/text-order.sh` (callgrind under the
+//! benchmark's load); the linker places them first and in that order
+//! (`--symbol-ordering-file`, an LLD option; LLD is Rust's default linker on x86_64
+//! Linux). Measured in `bench/README.md` › Memory under load; nothing but the layout
+//! changes.
 //!
 //! Symbol names carry a hash of the compiler version, `Cargo.lock`, the profile and the
 //! target, so the list fits one build configuration: the plain `cargo build --release` of

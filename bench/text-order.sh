@@ -4,8 +4,9 @@
 #
 # Runs the release build under callgrind (valgrind) through bench/run.sh's scenarios and
 # bench/stream.sh, so start-up, the cold start of many groups, the warm /info path, /help,
-# lookups with the cache off, refusals, the Stream door and shutdown all count; then keeps the functions callgrind saw in the
-# dingbot binary, ordered by the instructions spent in them. Rerun after a change of
+# lookups with the cache off, refusals, the Stream door and shutdown all count; then keeps
+# the functions callgrind saw in the dingbot binary, ordered by the instructions spent in
+# them (the HTTP door's first, then those only the Stream door runs). Rerun after a change of
 # toolchain or dependencies (their symbol names change) or when a hot path moves; a
 # stale list costs memory, never correctness. Needs valgrind and wrk (Debian packages).
 #
